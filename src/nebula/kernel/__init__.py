@@ -1,0 +1,1 @@
+"""Shared kernel: configuration, database, secrets, auth. No domain logic lives here."""

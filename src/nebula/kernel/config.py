@@ -1,0 +1,213 @@
+"""Settings from `NEBULA_*` variables, a `.env` file and `config/environments/<env>.yaml`.
+
+Precedence, strongest first: arguments, environment variables, `.env`, the
+environment's YAML file, built-in defaults. `load_settings` also records where each
+value came from so `nebula doctor` can show it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from dotenv import dotenv_values
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from nebula.kernel.environment import detect_environment, read_host_facts
+from nebula.kernel.errors import ConfigurationError
+from nebula.kernel.paths import default_data_dir, environments_dir
+
+ENV_PREFIX = "NEBULA_"
+DOTENV_FILE = ".env"
+
+
+class Peer(BaseModel):
+    """Another Nebula machine this one knows about (Tailscale name or address)."""
+
+    name: str
+    address: str
+    role: str = ""
+
+
+class HealthEndpoint(BaseModel):
+    name: str
+    url: str
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=DOTENV_FILE,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        env_nested_delimiter="__",
+    )
+
+    env: str = "local"
+    env_reason: str = "default"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    discord_database_url: str | None = None
+    stream_database_url: str | None = None
+    redis_url: str | None = None
+    secret_key: SecretStr | None = None
+    log_level: str = "INFO"
+    # "auto" marks cookies Secure when the request arrived over HTTPS (directly or
+    # through a proxy uvicorn trusts); "always" forces it behind odd proxies.
+    cookie_secure: Literal["auto", "always", "never"] = "auto"
+    session_ttl_hours: int = Field(default=24 * 7, ge=1)
+    login_max_failures: int = Field(default=5, ge=1)
+    login_window_s: int = Field(default=15 * 60, ge=1)
+    forwarded_allow_ips: str = "127.0.0.1"
+    ports: dict[str, int] = Field(default_factory=lambda: {"dashboard": 8080, "agent": 9765})
+    paths: dict[str, str] = Field(default_factory=dict)
+    peers: list[Peer] = Field(default_factory=list)
+    capabilities: list[str] = Field(default_factory=list)
+    health_endpoints: list[HealthEndpoint] = Field(default_factory=list)
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, dotenv_settings, EnvironmentYamlSource(settings_cls))
+
+    @property
+    def main_database_url(self) -> str:
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{self.data_dir / 'nebula.db'}"
+
+    @property
+    def discord_db_url(self) -> str:
+        if self.discord_database_url:
+            return normalize_database_url(self.discord_database_url)
+        return self.main_database_url
+
+    @property
+    def stream_db_url(self) -> str:
+        if self.stream_database_url:
+            return normalize_database_url(self.stream_database_url)
+        return self.main_database_url
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    @property
+    def environment_file(self) -> Path:
+        return environments_dir() / f"{self.env}.yaml"
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URLs people paste and pick the async driver we ship."""
+    url = url.strip()
+    for plain, driver in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("sqlite:///", "sqlite+aiosqlite:///"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite:///")):
+        return url
+    raise ConfigurationError(
+        f"Unsupported database URL scheme in {redact_url(url)!r}.",
+        hint="Use postgresql://user@host/db or sqlite:///path/to/file.db",
+    )
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in a URL before it is shown or logged."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, location = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{location}" if ":" in credentials else url
+
+
+def _detected_env_name() -> tuple[str, str]:
+    detection = detect_environment(read_host_facts())
+    return detection.name, detection.reason
+
+
+def _dotenv_values() -> dict[str, str]:
+    if not Path(DOTENV_FILE).is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(DOTENV_FILE).items() if v is not None}
+
+
+def read_environment_yaml(name: str) -> dict[str, Any]:
+    path = environments_dir() / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigurationError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigurationError(f"{path} must hold a mapping of setting names to values.")
+    return loaded
+
+
+class EnvironmentYamlSource(PydanticBaseSettingsSource):
+    """Values from `config/environments/<env>.yaml` for the detected environment."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ is overridden; pydantic never asks per field
+
+    def __call__(self) -> dict[str, Any]:
+        name, reason = _detected_env_name()
+        values = read_environment_yaml(name)
+        return {**values, "env": name, "env_reason": reason}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings; a bad value becomes one readable `ConfigurationError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in err.errors()
+        )
+        raise ConfigurationError(f"Invalid settings: {problems}") from err
+
+
+def setting_sources(settings: Settings) -> dict[str, str]:
+    """For each field, where its value came from (for `nebula doctor`)."""
+    dotenv = {k.upper() for k in _dotenv_values()}
+    yaml_keys = set(read_environment_yaml(settings.env))
+    sources: dict[str, str] = {}
+    for field in Settings.model_fields:
+        var = f"{ENV_PREFIX}{field.upper()}"
+        if var in os.environ:
+            sources[field] = f"environment ({var})"
+        elif var in dotenv:
+            sources[field] = f".env ({var})"
+        elif field in yaml_keys:
+            sources[field] = str(settings.environment_file)
+        elif field in ("env", "env_reason"):
+            sources[field] = "detected"
+        else:
+            sources[field] = "default"
+    return sources
