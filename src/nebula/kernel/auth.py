@@ -163,6 +163,10 @@ class AuthService:
             users = (await session.scalars(select(User).order_by(User.username))).all()
         return [_user_info(u) for u in users]
 
+    async def get_user(self, username: str) -> UserInfo:
+        async with self.db.begin() as session:
+            return _user_info(await self._get_user(session, username))
+
     async def set_password(self, actor: Actor, username: str, password: str) -> None:
         """Change a password and sign that user out everywhere."""
         password_hash = hash_password(password)

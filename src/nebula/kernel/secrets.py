@@ -121,7 +121,7 @@ class Keyring:
         os.replace(tmp, self.path)
 
 
-def _read_key_file(path: Path) -> tuple[str, dict[str, bytes]] | None:
+def read_key_file(path: Path) -> tuple[str, dict[str, bytes]] | None:
     if not path.is_file():
         return None
     try:
@@ -135,7 +135,7 @@ def _read_key_file(path: Path) -> tuple[str, dict[str, bytes]] | None:
 def load_keyring(settings: Settings, *, create: bool = True) -> Keyring:
     """The environment key wins; else the key file, created on first use if `create`."""
     path = settings.key_file
-    stored = _read_key_file(path)
+    stored = read_key_file(path)
     if settings.secret_key is not None:
         key = parse_key(settings.secret_key.get_secret_value())
         keys = dict(stored[1]) if stored else {}  # older file keys can still decrypt

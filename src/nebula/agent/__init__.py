@@ -1,0 +1,1 @@
+"""The node agent and the collectors that read a machine's vital signs."""

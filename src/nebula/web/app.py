@@ -1,0 +1,107 @@
+"""The application factory. Nothing is built at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from nebula import __version__
+from nebula.agent.collectors import prime_cpu
+from nebula.kernel.auth import Principal
+from nebula.kernel.config import Settings
+from nebula.kernel.errors import DatabaseUnavailable
+from nebula.kernel.rbac import Permission
+from nebula.web import api, metrics, pages
+from nebula.web.deps import RuntimeDep, csrf_protect, require
+from nebula.web.errors import install_error_handlers
+from nebula.web.runtime import Runtime
+from nebula.web.templating import STATIC_DIR, build_templates
+
+log = logging.getLogger("nebula.web")
+
+# Routes anyone may call. Everything else needs a signed-in caller; a test walks the
+# route table to hold every route to this.
+PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("GET", "/healthz"),
+        ("GET", "/login"),
+        ("POST", "/login"),
+        ("GET", "/"),  # the Quick Start wizard while no admin exists; else sign-in required
+        ("POST", "/setup"),  # refused once an admin exists
+        ("GET", "/metrics"),  # loopback only, or an API token
+    }
+)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    """Build the dashboard + API. `runtime` may be given by tests and embedding processes."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = runtime is None
+        app.state.runtime = runtime or Runtime.build(settings)
+        prime_cpu()
+        log.info("nebula %s ready (env=%s)", __version__, settings.env)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.runtime.close()
+
+    app = FastAPI(
+        title="Nebula Command",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(csrf_protect)],
+    )
+    app.state.templates = build_templates()
+    app.state.metrics = metrics.AppMetrics(__version__)
+    app.add_middleware(metrics.MetricsMiddleware)
+    install_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(_core_router(app))
+    app.include_router(metrics.router)
+    app.include_router(api.router)
+    app.include_router(pages.router)  # last: it ends with the catch-all /{area}
+    return app
+
+
+def _core_router(app: FastAPI) -> APIRouter:
+    router = APIRouter(include_in_schema=False)
+    docs_reader = Depends(require(Permission.SYSTEM_READ))
+
+    @router.get("/healthz")
+    async def healthz(runtime: RuntimeDep) -> JSONResponse:
+        """Liveness and database reachability, for load balancers and monitors."""
+        try:
+            await runtime.db.info()
+        except DatabaseUnavailable:
+            return JSONResponse(
+                {"status": "degraded", "database": "unreachable", "version": __version__}, 503
+            )
+        return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
+
+    @router.get("/openapi.json")
+    async def openapi(_: Principal = docs_reader) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @router.get("/docs", response_class=HTMLResponse)
+    async def docs(request: Request, _: Principal = docs_reader) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Nebula Command API",
+            swagger_js_url="/static/vendor/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+    return router

@@ -1,0 +1,89 @@
+"""Prometheus metrics for this process, on a registry of the app's own (no globals)."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import Final
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.routing import Match
+
+from nebula.kernel.errors import PermissionDenied, Unauthenticated
+from nebula.kernel.rbac import Permission
+from nebula.web.deps import bearer_token, client_ip, get_runtime
+
+UNMATCHED_ROUTE: Final = "unmatched"  # keeps label cardinality bounded for 404 scans
+
+
+class AppMetrics:
+    def __init__(self, version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "nebula_http_requests_total",
+            "HTTP requests served",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "nebula_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["route"],
+            registry=self.registry,
+        )
+        self.info = Gauge(
+            "nebula_build_info", "Version of Nebula Command", ["version"], registry=self.registry
+        )
+        self.info.labels(version=version).set(1)
+
+
+def _route_template(request: Request) -> str:
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", UNMATCHED_ROUTE))
+    return UNMATCHED_ROUTE
+
+
+class MetricsMiddleware(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        metrics: AppMetrics = request.app.state.metrics
+        route = _route_template(request)
+        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+
+router = APIRouter(include_in_schema=False)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; from loopback, or with an API token allowed to read system."""
+    if not _is_loopback(client_ip(request)):
+        token = bearer_token(request)
+        principal = await get_runtime(request).auth.resolve_api_token(token) if token else None
+        if principal is None:
+            raise Unauthenticated("Metrics need an API token unless scraped from this machine.")
+        if not principal.can(Permission.SYSTEM_READ):
+            raise PermissionDenied()
+    app_metrics: AppMetrics = request.app.state.metrics
+    return Response(generate_latest(app_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,43 @@
+"""Everything a running Nebula Command process shares, built once by the lifespan."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from nebula import __version__
+from nebula.kernel.auth import AuthService
+from nebula.kernel.config import Settings
+from nebula.kernel.db import Database
+from nebula.kernel.secrets import SecretStore, load_keyring
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    http: httpx.AsyncClient
+    auth: AuthService
+    secrets: SecretStore
+    version: str = __version__
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        db = Database(settings.main_database_url)
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0), headers={"User-Agent": f"nebula-command/{__version__}"}
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            http=http,
+            auth=AuthService(db, settings),
+            secrets=SecretStore(db, load_keyring(settings)),
+        )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.db.dispose()
