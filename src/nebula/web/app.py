@@ -63,6 +63,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         openapi_url=None,
         dependencies=[Depends(csrf_protect)],
     )
+    if runtime is not None:
+        app.state.runtime = runtime  # usable before the lifespan runs (in-process test clients)
     app.state.templates = build_templates()
     app.state.metrics = metrics.AppMetrics(__version__)
     app.add_middleware(metrics.MetricsMiddleware)
