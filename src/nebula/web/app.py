@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute
 
 from nebula import __version__
 from nebula.agent.collectors import prime_cpu
@@ -37,6 +39,16 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/metrics"),  # loopback only, or an API token
     }
 )
+
+
+def iter_api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every API route, also inside included routers (which FastAPI may keep nested)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            yield from iter_api_routes(nested.routes)
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:

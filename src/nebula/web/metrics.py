@@ -16,7 +16,6 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.routing import Match
 
 from nebula.kernel.errors import PermissionDenied, Unauthenticated
 from nebula.kernel.rbac import Permission
@@ -47,11 +46,9 @@ class AppMetrics:
 
 
 def _route_template(request: Request) -> str:
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", UNMATCHED_ROUTE))
-    return UNMATCHED_ROUTE
+    # The router records the matched route in the (shared) scope while handling it.
+    route = request.scope.get("route")
+    return str(getattr(route, "path", UNMATCHED_ROUTE))
 
 
 class MetricsMiddleware(BaseHTTPMiddleware):
