@@ -179,13 +179,16 @@ def doctor(as_json: JsonOption = False) -> None:
     if as_json:
         print_json([c.as_dict() for c in checks])
     else:
-        table = Table(show_header=True, header_style="bold")
-        for column in ("check", "status", "detail", "fix"):
-            table.add_column(column)
-        colors = {"ok": "green", "info": "cyan", "warn": "yellow", "error": "red"}
+        marks = {
+            "ok": "[green]ok   [/]",
+            "info": "[cyan]info [/]",
+            "warn": "[yellow]warn [/]",
+            "error": "[bold red]error[/]",
+        }
         for c in checks:
-            table.add_row(c.name, f"[{colors[c.status]}]{c.status}[/]", c.detail, c.hint)
-        out.print(table)
+            out.print(f"{marks[c.status]} [bold]{c.name}[/]: {c.detail}", highlight=False)
+            if c.hint and c.status != "ok":
+                out.print(f"      [dim]fix:[/] {c.hint}", highlight=False)
     if any(c.status == "error" for c in checks):
         raise typer.Exit(1)
 

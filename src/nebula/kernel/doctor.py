@@ -54,10 +54,16 @@ def _environment(settings: Settings) -> list[Check]:
                 "Set NEBULA_CONFIG_DIR to the folder with <env>.yaml files.",
             )
         )
-    overridden = {
-        k: v for k, v in setting_sources(settings).items() if v not in ("default", "detected")
-    }
-    detail = ", ".join(f"{k} from {v}" for k, v in sorted(overridden.items())) or "defaults only"
+    by_source: dict[str, list[str]] = {}
+    for name, source in setting_sources(settings).items():
+        if source not in ("default", "detected"):
+            by_source.setdefault(source, []).append(name)
+    detail = (
+        "; ".join(
+            f"{source}: {', '.join(sorted(names))}" for source, names in sorted(by_source.items())
+        )
+        or "defaults only"
+    )
     checks.append(Check("config sources", "info", detail))
     return checks
 
