@@ -6,6 +6,7 @@ import re
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import update
 
 from nebula.kernel.models import UserSession
@@ -151,6 +152,21 @@ async def test_session_cookie_flags(client: httpx.AsyncClient, admin: Account) -
     assert "Secure" not in cookie  # plain HTTP here; over HTTPS it is added
 
 
+async def test_cookies_are_secure_over_https(app: FastAPI, admin: Account) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://nebula.example") as c:
+        await c.get("/login")
+        form = {
+            "username": "admin",
+            "password": ADMIN_PASSWORD,
+            "csrf_token": c.cookies[CSRF_COOKIE],
+        }
+        response = await c.post("/login", data=form)
+    cookies = [v for k, v in response.headers.multi_items() if k == "set-cookie"]
+    assert cookies
+    assert all("Secure" in cookie for cookie in cookies)
+
+
 async def test_expired_session_sends_pages_to_login_and_api_to_401(
     client: httpx.AsyncClient, admin: Account, runtime: Runtime
 ) -> None:
@@ -193,6 +209,8 @@ async def test_viewer_sees_pages_but_not_admin_controls(
     assert overview.status_code == 200
     assert (await client.get("/users")).status_code == 403
     assert (await client.get("/audit")).status_code == 403
+    assert 'href="/users"' not in overview.text  # no links to what the role cannot open
+    assert 'href="/nodes"' in overview.text
     planned = await client.get("/nodes")
     assert "Not built yet" in planned.text
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nebula.kernel.rbac import Permission
+
 
 @dataclass(frozen=True)
 class NavItem:
@@ -11,6 +13,7 @@ class NavItem:
     href: str
     built: bool
     summary: str  # shown on the page of an area that is not built yet
+    permission: str = ""  # hidden from users whose role lacks it
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,9 @@ NAVIGATION: tuple[NavSection, ...] = (
         (
             _planned("Health", "health", "Monitors, open issues and auto-fix."),
             _planned("Notifications", "notifications", "Where alerts go, and their history."),
-            NavItem("Audit", "/audit", True, ""),
-            NavItem("Users", "/users", True, ""),
-            NavItem("Settings", "/settings", True, ""),
+            NavItem("Audit", "/audit", True, "", Permission.AUDIT_READ),
+            NavItem("Users", "/users", True, "", Permission.USERS_READ),
+            NavItem("Settings", "/settings", True, "", Permission.SETTINGS_READ),
         ),
     ),
 )

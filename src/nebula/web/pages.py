@@ -144,9 +144,11 @@ async def setup(
 
 
 @router.get("/login", response_class=HTMLResponse)
-async def login_page(request: Request, runtime: RuntimeDep, next: str = "/") -> Response:
-    if not await runtime.auth.has_admin():
-        return RedirectResponse("/", status_code=303)
+async def login_page(
+    request: Request, runtime: RuntimeDep, principal: OptionalPrincipal, next: str = "/"
+) -> Response:
+    if principal is not None or not await runtime.auth.has_admin():
+        return RedirectResponse(_safe_next(next) if principal else "/", status_code=303)
     return render(request, "login.html", {"next": _safe_next(next)})
 
 
