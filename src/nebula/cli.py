@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nebula import __version__
@@ -50,9 +51,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    if hint:
-        err_console.print(f"[dim]hint:[/] {hint}", highlight=False)
+    # One line, so scripts and log collectors see the whole story together.
+    suffix = f" [dim]({escape(hint)})[/]" if hint else ""
+    err_console.print(f"[bold red]error:[/] {escape(message)}{suffix}", highlight=False)
     raise typer.Exit(code)
 
 
