@@ -187,9 +187,9 @@ def doctor(as_json: JsonOption = False) -> None:
             "error": "[bold red]error[/]",
         }
         for c in checks:
-            out.print(f"{marks[c.status]} [bold]{c.name}[/]: {c.detail}", highlight=False)
+            out.print(f"{marks[c.status]} [bold]{c.name}[/]: {escape(c.detail)}", highlight=False)
             if c.hint and c.status != "ok":
-                out.print(f"      [dim]fix:[/] {c.hint}", highlight=False)
+                out.print(f"      [dim]fix:[/] {escape(c.hint)}", highlight=False)
     if any(c.status == "error" for c in checks):
         raise typer.Exit(1)
 
