@@ -127,6 +127,26 @@ def _user_info(user: User) -> UserInfo:
     )
 
 
+def _principal(
+    user: User,
+    via: str,
+    *,
+    scopes: list[str] | None = None,
+    csrf_token: str = "",
+    session_id: int | None = None,
+) -> Principal:
+    role = Role(user.role)
+    return Principal(
+        user_id=user.id,
+        username=user.username,
+        role=role,
+        via=via,
+        permissions=effective_permissions(role, scopes),
+        csrf_token=csrf_token,
+        session_id=session_id,
+    )
+
+
 class AuthService:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
@@ -278,16 +298,7 @@ class AuthService:
                 return None
             if now - row.last_seen_at > TOKEN_TOUCH_INTERVAL:
                 row.last_seen_at = now
-            role = Role(row.user.role)
-            return Principal(
-                user_id=row.user.id,
-                username=row.user.username,
-                role=role,
-                via="session",
-                permissions=effective_permissions(role),
-                csrf_token=row.csrf_token,
-                session_id=row.id,
-            )
+            return _principal(row.user, "session", csrf_token=row.csrf_token, session_id=row.id)
 
     async def end_session(self, actor: Actor, token: str) -> None:
         async with self.db.begin() as session:
@@ -355,14 +366,7 @@ class AuthService:
                 return None
             if row.last_used_at is None or now - row.last_used_at > TOKEN_TOUCH_INTERVAL:
                 row.last_used_at = now
-            role = Role(row.user.role)
-            return Principal(
-                user_id=row.user.id,
-                username=row.user.username,
-                role=role,
-                via="token",
-                permissions=effective_permissions(role, row.scopes),
-            )
+            return _principal(row.user, "token", scopes=row.scopes)
 
     @staticmethod
     def _token_info(row: ApiToken, username: str) -> TokenInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Form, Query, Request
@@ -223,6 +224,17 @@ async def _users_page(
     )
 
 
+async def _users_action(
+    request: Request, runtime: RuntimeDep, action: Awaitable[object], notice: str
+) -> Response:
+    """Run a change from the Users page and show the page again with its outcome."""
+    try:
+        await action
+    except NebulaError as err:
+        return await _users_page(request, runtime, error=err.message, status_code=err.status)
+    return await _users_page(request, runtime, notice=notice)
+
+
 @router.get("/users", response_class=HTMLResponse)
 async def users_page(request: Request, runtime: RuntimeDep, _: USERS_READER) -> Response:
     return await _users_page(request, runtime)
@@ -237,13 +249,10 @@ async def create_user(
     password: Annotated[str, Form()] = "",
     role: Annotated[str, Form()] = "viewer",
 ) -> Response:
-    try:
-        await runtime.auth.create_user(
-            actor_for(principal, request), username.strip(), password, role
-        )
-    except NebulaError as err:
-        return await _users_page(request, runtime, error=err.message, status_code=err.status)
-    return await _users_page(request, runtime, notice=f"User {username.strip()} created.")
+    action = runtime.auth.create_user(
+        actor_for(principal, request), username.strip(), password, role
+    )
+    return await _users_action(request, runtime, action, f"User {username.strip()} created.")
 
 
 @router.post("/users/{username}/role")
@@ -254,11 +263,8 @@ async def change_role(
     username: str,
     role: Annotated[str, Form()] = "",
 ) -> Response:
-    try:
-        await runtime.auth.set_role(actor_for(principal, request), username, role)
-    except NebulaError as err:
-        return await _users_page(request, runtime, error=err.message, status_code=err.status)
-    return await _users_page(request, runtime, notice=f"{username} is now {role}.")
+    action = runtime.auth.set_role(actor_for(principal, request), username, role)
+    return await _users_action(request, runtime, action, f"{username} is now {role}.")
 
 
 @router.post("/users/{username}/password")
@@ -269,11 +275,8 @@ async def change_password(
     username: str,
     password: Annotated[str, Form()] = "",
 ) -> Response:
-    try:
-        await runtime.auth.set_password(actor_for(principal, request), username, password)
-    except NebulaError as err:
-        return await _users_page(request, runtime, error=err.message, status_code=err.status)
-    return await _users_page(request, runtime, notice=f"Password of {username} changed.")
+    action = runtime.auth.set_password(actor_for(principal, request), username, password)
+    return await _users_action(request, runtime, action, f"Password of {username} changed.")
 
 
 @router.get("/settings", response_class=HTMLResponse)
