@@ -261,7 +261,6 @@ class AuthService:
                         LoginFailure.username == username, LoginFailure.ip == ip
                     )
                 )
-                user.last_login_at = utcnow()
                 if _hasher.check_needs_rehash(user.password_hash):
                     user.password_hash = _hasher.hash(password)
                 audit.record(session, Actor(f"user:{username}", ip), "auth.login")
@@ -274,6 +273,9 @@ class AuthService:
         """Start a browser session; returns the cookie value (never stored as is)."""
         token = generate_token("nbs")
         async with self.db.begin() as session:
+            await session.execute(
+                update(User).where(User.id == user.id).values(last_login_at=utcnow())
+            )
             session.add(
                 UserSession(
                     token_hash=hash_token(token),
