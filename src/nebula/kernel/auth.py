@@ -37,6 +37,7 @@ from nebula.kernel.tokens import generate_token, hash_token, token_prefix
 MIN_PASSWORD_CHARS: Final = 12
 MAX_PASSWORD_CHARS: Final = 1024  # argon2 cost grows with input; refuse absurd ones
 USERNAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_DURATION: Final = timedelta(days=10 * 366)  # keeps now() + duration a valid datetime
 TOKEN_TOUCH_INTERVAL: Final = timedelta(minutes=1)  # limits writes for busy API clients
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended costs
@@ -392,9 +393,14 @@ def parse_duration(text: str) -> timedelta:
     amount, unit = int(match.group(1)), match.group(2)
     if amount == 0:
         raise InvalidInput("A duration must be longer than zero.")
-    return {
+    duration = {
         "m": timedelta(minutes=amount),
         "h": timedelta(hours=amount),
         "d": timedelta(days=amount),
         "w": timedelta(weeks=amount),
     }[unit]
+    if duration > MAX_DURATION:
+        raise InvalidInput(
+            f"A duration can be at most {MAX_DURATION.days} days.", hint="Use 52w for a year."
+        )
+    return duration

@@ -7,7 +7,9 @@ value came from so `nebula doctor` can show it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +20,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from nebula.kernel.environment import detect_environment, read_host_facts
@@ -26,6 +29,7 @@ from nebula.kernel.paths import default_data_dir, environments_dir
 
 ENV_PREFIX = "NEBULA_"
 DOTENV_FILE = ".env"
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
 
 
 class Peer(BaseModel):
@@ -88,7 +92,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, dotenv_settings, EnvironmentYamlSource(settings_cls))
+        return (
+            init_settings,
+            DetectedEnvironmentSource(settings_cls),
+            env_settings,
+            dotenv_settings,
+            EnvironmentYamlSource(settings_cls),
+        )
 
     @property
     def main_database_url(self) -> str:
@@ -136,17 +146,28 @@ def normalize_database_url(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password in a URL before it is shown or logged."""
+    """Hide the password in a URL (user info or a password= parameter) before it is shown."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    credentials, _, location = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{location}" if ":" in credentials else url
+    credentials, at, location = rest.rpartition("@")
+    if at and ":" in credentials:
+        credentials = credentials.split(":", 1)[0] + ":***"
+    path, question, query = location.partition("?")
+    if question:
+        query = "&".join(
+            f"{key}=***" if eq and key.lower() in _SECRET_PARAMS else f"{key}{eq}{value}"
+            for key, eq, value in (part.partition("=") for part in query.split("&"))
+        )
+    return f"{scheme}://{credentials}{at}{path}{question}{query}"
 
 
 def _detected_env_name() -> tuple[str, str]:
-    detection = detect_environment(read_host_facts())
+    facts = read_host_facts()
+    dotenv_env = _dotenv_values().get("NEBULA_ENV")
+    if dotenv_env and "NEBULA_ENV" not in facts.env:  # the environment beats .env
+        facts = dataclasses.replace(facts, env={**facts.env, "NEBULA_ENV": dotenv_env})
+    detection = detect_environment(facts)
     return detection.name, detection.reason
 
 
@@ -169,6 +190,17 @@ def read_environment_yaml(name: str) -> dict[str, Any]:
     return loaded
 
 
+class DetectedEnvironmentSource(PydanticBaseSettingsSource):
+    """`env` and `env_reason` come from detection only (which reads NEBULA_ENV itself)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ is overridden; pydantic never asks per field
+
+    def __call__(self) -> dict[str, Any]:
+        name, reason = _detected_env_name()
+        return {"env": name, "env_reason": reason}
+
+
 class EnvironmentYamlSource(PydanticBaseSettingsSource):
     """Values from `config/environments/<env>.yaml` for the detected environment."""
 
@@ -176,9 +208,8 @@ class EnvironmentYamlSource(PydanticBaseSettingsSource):
         raise NotImplementedError  # __call__ is overridden; pydantic never asks per field
 
     def __call__(self) -> dict[str, Any]:
-        name, reason = _detected_env_name()
-        values = read_environment_yaml(name)
-        return {**values, "env": name, "env_reason": reason}
+        values = read_environment_yaml(_detected_env_name()[0])
+        return {k: v for k, v in values.items() if k not in ("env", "env_reason")}
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -191,18 +222,30 @@ def load_settings(**overrides: Any) -> Settings:
             for e in err.errors()
         )
         raise ConfigurationError(f"Invalid settings: {problems}") from err
+    except SettingsError as err:  # a list or mapping setting that is not valid JSON
+        field = re.search(r'field "([^"]+)"', str(err))
+        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a setting"
+        raise ConfigurationError(
+            f"Invalid settings: {name}: not valid JSON",
+            hint="Lists and mappings are JSON, e.g. NEBULA_PORTS='{\"dashboard\": 8080}'",
+        ) from err
 
 
 def setting_sources(settings: Settings) -> dict[str, str]:
     """For each field, where its value came from (for `nebula doctor`)."""
     dotenv = {k.upper() for k in _dotenv_values()}
+    environ = {k.upper() for k in os.environ}
+
+    def given(var: str, names: set[str]) -> bool:  # NEBULA_PORTS or NEBULA_PORTS__DASHBOARD
+        return var in names or any(n.startswith(f"{var}__") for n in names)
+
     yaml_keys = set(read_environment_yaml(settings.env))
     sources: dict[str, str] = {}
     for field in Settings.model_fields:
         var = f"{ENV_PREFIX}{field.upper()}"
-        if var in os.environ:
+        if given(var, environ):
             sources[field] = f"environment ({var})"
-        elif var in dotenv:
+        elif given(var, dotenv):
             sources[field] = f".env ({var})"
         elif field in yaml_keys:
             sources[field] = str(settings.environment_file)

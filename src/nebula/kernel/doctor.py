@@ -129,7 +129,15 @@ async def _redis(settings: Settings) -> Check:
             "not configured: events stay in this process",
             "Set NEBULA_REDIS_URL to share events across processes.",
         )
-    client = Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        client = Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+    except ValueError as err:
+        return Check(
+            "redis",
+            "error",
+            f"{redact_url(settings.redis_url)}: {err}",
+            "Use a redis://, rediss:// or unix:// URL in NEBULA_REDIS_URL.",
+        )
     try:
         async with asyncio.timeout(5):
             await client.ping()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,4 +75,4 @@ def detect_environment(facts: HostFacts) -> Detection:
         return Detection("linode", f"DMI vendor is {facts.dmi_vendor!r}")
     if facts.os_name.startswith("linux") and facts.os_release_id == "ubuntu":
         return Detection("ubuntu-home", "Ubuntu host with no cloud vendor in DMI")
-    return Detection("local", f"no specific signal ({platform.system() or facts.os_name})")
+    return Detection("local", f"no specific signal ({facts.os_name})")

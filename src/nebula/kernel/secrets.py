@@ -108,6 +108,16 @@ class Keyring:
             raise SecretError("A stored secret failed its integrity check.") from err
         return plain.decode("utf-8")
 
+    def refreshed(self) -> Keyring:
+        """The key file as it is now: another process (`nebula secrets rotate-key`) may
+        have rotated the key since this keyring was loaded."""
+        if self.from_environment:
+            return self
+        stored = read_key_file(self.path)
+        if stored is None or (stored[0] == self.active_id and stored[1] == self.keys):
+            return self
+        return Keyring(stored[0], stored[1], from_environment=False, path=self.path)
+
     def save(self) -> None:
         """Write the key file atomically with mode 0600 (never for an environment key)."""
         if self.from_environment:
@@ -187,6 +197,7 @@ class SecretStore:
         """Create or replace a secret; returns its new version."""
         validate_name(name)
         validate_name(scope)
+        self.keyring = self.keyring.refreshed()
         if not value:
             raise InvalidInput("A secret value cannot be empty.")
         ciphertext = self.keyring.encrypt(value, _context(scope, name))
@@ -208,6 +219,7 @@ class SecretStore:
             return row.version
 
     async def get(self, name: str, scope: str = "global") -> str:
+        self.keyring = self.keyring.refreshed()
         async with self.db.begin() as session:
             row = await session.scalar(
                 select(Secret).where(Secret.scope == scope, Secret.name == name)
@@ -242,6 +254,7 @@ class SecretStore:
         dropped only after the re-encryption committed. With `NEBULA_SECRET_KEY`, the
         caller must supply the new key and then put it in the environment.
         """
+        self.keyring = self.keyring.refreshed()
         if new_key is None:
             if self.keyring.from_environment:
                 raise ConfigurationError(
