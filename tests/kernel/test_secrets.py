@@ -123,3 +123,13 @@ def test_weak_environment_keys_are_refused(key: str) -> None:
 
 def test_long_passphrases_are_accepted() -> None:
     assert len(parse_key("a passphrase that is long enough to use")) == 32
+
+
+def test_concurrent_first_runs_agree_on_one_key(settings: Settings) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = set(pool.map(lambda _: load_keyring(settings).active_id, range(16)))
+    assert len(ids) == 1
+    assert load_keyring(settings).active_id in ids
+    assert not list(settings.data_dir.glob("*.tmp"))

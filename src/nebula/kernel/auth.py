@@ -11,6 +11,7 @@ import re
 import secrets as random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Final
 
 from argon2 import PasswordHasher
@@ -90,9 +91,11 @@ def password_matches(stored_hash: str, password: str) -> bool:
         return False
 
 
-# Verifying against this when the user does not exist keeps response times alike,
-# so timing does not reveal which usernames exist.
-_DUMMY_HASH: Final = _hasher.hash(random.token_urlsafe(16))
+@cache
+def _dummy_hash() -> str:
+    """Verifying against this when the user does not exist keeps response times alike,
+    so timing does not reveal which usernames exist. Made on first use, not at import."""
+    return _hasher.hash(random.token_urlsafe(16))
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,7 @@ class AuthService:
                 )
                 raise RateLimited(max(1, int(retry.total_seconds()) + 1))
             user = await session.scalar(select(User).where(User.username == username))
-            ok = password_matches(user.password_hash if user else _DUMMY_HASH, password)
+            ok = password_matches(user.password_hash if user else _dummy_hash(), password)
             if user is None or not ok or not user.is_active:
                 session.add(LoginFailure(username=username[:64], ip=ip[:64]))
                 audit.record(session, Actor(f"user:{username}", ip), "auth.login", "", "denied")

@@ -118,17 +118,27 @@ class Keyring:
             return self
         return Keyring(stored[0], stored[1], from_environment=False, path=self.path)
 
-    def save(self) -> None:
-        """Write the key file atomically with mode 0600 (never for an environment key)."""
+    def save(self, *, exclusive: bool = False) -> None:
+        """Write the key file atomically with mode 0600 (never for an environment key).
+
+        `exclusive` refuses to replace an existing file (`FileExistsError`), so two
+        processes starting at once cannot each create a different first key.
+        """
         if self.from_environment:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         body = {"active": self.active_id, "keys": {k: _b64(v) for k, v in self.keys.items()}}
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(body, handle)
-        os.replace(tmp, self.path)
+        try:
+            if exclusive:
+                os.link(tmp, self.path)
+            else:
+                os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def read_key_file(path: Path) -> tuple[str, dict[str, bytes]] | None:
@@ -159,7 +169,10 @@ def load_keyring(settings: Settings, *, create: bool = True) -> Keyring:
         )
     key = random.token_bytes(KEY_BYTES)
     keyring = Keyring(key_id(key), {key_id(key): key}, from_environment=False, path=path)
-    keyring.save()
+    try:
+        keyring.save(exclusive=True)
+    except FileExistsError:  # another process created it first: use theirs
+        return load_keyring(settings, create=False)
     return keyring
 
 
