@@ -272,3 +272,13 @@ async def test_unknown_page_is_a_friendly_404(client: httpx.AsyncClient, admin: 
     assert response.status_code == 404
     assert "text/html" in response.headers["content-type"]
     assert "There is nothing at this address." in response.text
+
+
+async def test_a_stale_sign_out_form_lands_on_the_sign_in_page(
+    client: httpx.AsyncClient, admin: Account
+) -> None:
+    csrf = await browser_login(client, "admin", ADMIN_PASSWORD)
+    assert (await client.post("/logout", data={"csrf_token": csrf})).status_code == 303
+    again = await client.post("/logout", data={"csrf_token": csrf})
+    assert again.status_code == 303
+    assert again.headers["location"] == "/login"  # not /login?next=/logout, a POST-only address

@@ -56,6 +56,8 @@ def _error_response(
 async def _nebula_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NebulaError)
     if isinstance(exc, Unauthenticated) and not wants_json(request):
+        if request.method != "GET":  # a form's address is no page to come back to
+            return RedirectResponse("/login", status_code=303)
         target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
         return RedirectResponse(f"/login?next={target}", status_code=303)
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimited) else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,6 +40,10 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m"
 
 
+def _clock(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%H:%M:%S UTC")
+
+
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "never"
 
@@ -49,6 +53,7 @@ def build_templates() -> Jinja2Templates:
     templates.env.filters["bytes"] = _bytes
     templates.env.filters["duration"] = _duration
     templates.env.filters["when"] = _when
+    templates.env.filters["clock"] = _clock
     templates.env.globals["navigation"] = NAVIGATION
     templates.env.globals["version"] = __version__
     return templates
