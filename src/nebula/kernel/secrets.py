@@ -127,7 +127,7 @@ class Keyring:
         if self.from_environment:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{random.token_hex(6)}.tmp")
         body = {"active": self.active_id, "keys": {k: _b64(v) for k, v in self.keys.items()}}
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
