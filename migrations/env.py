@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from nebula.kernel import models  # noqa: F401  (registers the kernel tables)
 from nebula.kernel.db import Base, create_engine
+from nebula.kernel.jobs import models as job_models  # noqa: F401
 
 config = context.config
 target_metadata = Base.metadata

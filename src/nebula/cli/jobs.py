@@ -1,0 +1,244 @@
+"""`nebula jobs ...` and `nebula worker`: the job queue from the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from nebula.cli.common import (
+    JsonOption,
+    err_console,
+    friendly,
+    out,
+    print_json,
+    run,
+    settings_with_schema,
+    with_db,
+)
+from nebula.kernel.audit import Actor
+from nebula.kernel.db import Database
+from nebula.kernel.errors import InvalidInput
+from nebula.kernel.jobs import JobInfo, JobQueue, JobSpec, Wakeup, Worker, default_registry
+from nebula.kernel.jobs.schemas import JobEventInfo
+
+jobs_app = typer.Typer(help="The durable job queue.", no_args_is_help=True)
+
+JobId = Annotated[int, typer.Argument(help="Job id.", min=1)]
+
+
+def job_queue(db: Database) -> JobQueue:
+    return JobQueue(db, default_registry(), Wakeup.for_database(db.url))
+
+
+def parse_payload(text: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidInput(
+            f"--payload is not valid JSON: {err.msg} at character {err.pos}."
+        ) from err
+    if not isinstance(payload, dict):
+        raise InvalidInput("--payload must be a JSON object, e.g. '{\"sleep\": 1}'.")
+    return payload
+
+
+def split_list(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def job_dict(job: JobInfo) -> dict[str, Any]:
+    return job.model_dump(mode="json")
+
+
+@jobs_app.command("enqueue")
+@friendly
+def enqueue(
+    kind: Annotated[str, typer.Argument(help="Job kind, e.g. system.noop.")],
+    payload: Annotated[str, typer.Option(help="JSON object for the job's handler.")] = "{}",
+    count: Annotated[int, typer.Option(help="How many copies to enqueue.", min=1)] = 1,
+    capability: Annotated[
+        list[str] | None,
+        typer.Option(help="A capability the worker must have (repeatable), e.g. gpu."),
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    concurrency_key: Annotated[
+        str | None, typer.Option(help="Jobs sharing this key run one at a time.")
+    ] = None,
+    max_attempts: Annotated[int, typer.Option(help="Tries before it fails.", min=1)] = 3,
+    requires_approval: Annotated[
+        bool, typer.Option(help="Wait for `nebula jobs approve` before running.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Add jobs to the queue."""
+    spec = JobSpec(
+        kind=kind,
+        payload=parse_payload(payload),
+        capabilities=capability or [],
+        priority=priority,
+        concurrency_key=concurrency_key,
+        max_attempts=max_attempts,
+        requires_approval=requires_approval,
+    )
+    settings = settings_with_schema()
+    ids = run(with_db(settings, lambda db: job_queue(db).enqueue_many(Actor.cli(), spec, count)))
+    if as_json:
+        print_json({"ids": ids})
+    elif len(ids) == 1:
+        out.print(f"Enqueued job {ids[0]} ({kind}).", highlight=False)
+    else:
+        out.print(f"Enqueued {len(ids)} {kind} jobs ({ids[0]}-{ids[-1]}).", highlight=False)
+
+
+@jobs_app.command("list")
+@friendly
+def list_jobs(
+    status: Annotated[str | None, typer.Option(help="Only jobs in this status.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only jobs of this kind.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (newest first).", min=1)] = 1000,
+    as_json: JsonOption = False,
+) -> None:
+    """List jobs, newest first."""
+    settings = settings_with_schema()
+    jobs, total = run(
+        with_db(settings, lambda db: job_queue(db).list_jobs(status=status, kind=kind, limit=limit))
+    )
+    if as_json:
+        print_json([job_dict(j) for j in jobs])
+        return
+    table = Table("id", "kind", "status", "attempts", "progress", "created", "error")
+    for j in jobs:
+        table.add_row(
+            str(j.id),
+            j.kind,
+            j.status,
+            f"{j.attempts}/{j.max_attempts}",
+            f"{j.progress}%",
+            f"{j.created_at:%Y-%m-%d %H:%M:%S}",
+            (j.error or "")[:60],
+        )
+    out.print(table)
+    if total > len(jobs):
+        err_console.print(f"{len(jobs)} of {total} shown; use --limit for more.")
+
+
+@jobs_app.command("show")
+@friendly
+def show(job_id: JobId, as_json: JsonOption = False) -> None:
+    """One job with its progress and log."""
+    settings = settings_with_schema()
+
+    async def load(db: Database) -> tuple[JobInfo, list[JobEventInfo]]:
+        queue = job_queue(db)
+        return await queue.get(job_id), await queue.events(job_id)
+
+    job, events = run(with_db(settings, load))
+    if as_json:
+        print_json({**job_dict(job), "events": [e.model_dump(mode="json") for e in events]})
+        return
+    for key, value in job_dict(job).items():
+        out.print(f"[bold]{key}[/]: {value}", highlight=False)
+    for event in events:
+        out.print(f"  {event.at:%H:%M:%S} {event.kind}: {event.message}", highlight=False)
+
+
+def _act(action: str, job_id: int, as_json: bool) -> None:
+    settings = settings_with_schema()
+
+    async def apply(db: Database) -> JobInfo:
+        queue = job_queue(db)
+        method = {
+            "cancel": queue.cancel,
+            "retry": queue.retry,
+            "approve": queue.approve,
+            "reject": queue.reject,
+        }[action]
+        return await method(Actor.cli(), job_id)
+
+    job = run(with_db(settings, apply))
+    if as_json:
+        print_json(job_dict(job))
+    elif action == "cancel" and job.status == "running":
+        out.print(f"Job {job_id} is running; its worker was asked to stop it.", highlight=False)
+    else:
+        out.print(f"Job {job_id} is now {job.status}.", highlight=False)
+
+
+@jobs_app.command("cancel")
+@friendly
+def cancel(job_id: JobId, as_json: JsonOption = False) -> None:
+    """Cancel a queued job, or ask a running one to stop."""
+    _act("cancel", job_id, as_json)
+
+
+@jobs_app.command("retry")
+@friendly
+def retry(job_id: JobId, as_json: JsonOption = False) -> None:
+    """Queue a failed or cancelled job again."""
+    _act("retry", job_id, as_json)
+
+
+@jobs_app.command("approve")
+@friendly
+def approve(job_id: JobId, as_json: JsonOption = False) -> None:
+    """Let a job that awaits approval run."""
+    _act("approve", job_id, as_json)
+
+
+@jobs_app.command("reject")
+@friendly
+def reject(job_id: JobId, as_json: JsonOption = False) -> None:
+    """Refuse a job that awaits approval (it is cancelled)."""
+    _act("reject", job_id, as_json)
+
+
+@friendly
+def worker(
+    capabilities: Annotated[
+        str, typer.Option(help="What this machine offers, comma-separated: docker,gpu.")
+    ] = "",
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once.", min=1, max=256)] = 4,
+    burst: Annotated[bool, typer.Option(help="Exit when no runnable job is left.")] = False,
+) -> None:
+    """Run jobs from the queue until stopped (SIGTERM gives running jobs back)."""
+    settings = settings_with_schema()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+
+    async def work(db: Database) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers
+                loop.add_signal_handler(sig, stop.set)
+        registry = default_registry()
+        queue = JobQueue(db, registry, Wakeup.for_database(db.url))
+        runner = Worker(
+            queue,
+            registry,
+            capabilities=split_list(capabilities),
+            concurrency=concurrency,
+            burst=burst,
+        )
+        err_console.print(
+            f"Worker {runner.name}: concurrency {concurrency}, capabilities "
+            f"{', '.join(runner.capabilities) or 'none'}{', burst' if burst else ''}",
+            highlight=False,
+        )
+        stats = await runner.run(stop)
+        err_console.print(
+            f"Worker {runner.name} stopped: {stats.succeeded} succeeded, {stats.failed} failed, "
+            f"{stats.cancelled} cancelled, {stats.released} given back.",
+            highlight=False,
+        )
+
+    run(with_db(settings, work))

@@ -1,0 +1,201 @@
+"""A worker: claims jobs it is able to run, runs up to N at once, keeps their leases.
+
+Stopping (SIGTERM) gives in-flight jobs back to the queue instead of losing them.
+A database outage pauses the worker; it retries with backoff and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
+
+from nebula.kernel.jobs.const import IDLE_POLL_S, REAP_EVERY_S, RENEW_EVERY_S
+from nebula.kernel.jobs.queue import JobQueue
+from nebula.kernel.jobs.registry import JobContext, JobRegistry
+from nebula.kernel.jobs.schemas import ClaimedJob
+
+log = logging.getLogger("nebula.jobs")
+OUTAGE_BACKOFF_MAX_S = 10.0
+TRANSIENT = (SQLAlchemyError, OSError, TimeoutError)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"  # noqa: S311
+
+
+@dataclass
+class WorkerStats:
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    released: int = 0
+    outages: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: JobQueue,
+        registry: JobRegistry,
+        *,
+        capabilities: Sequence[str] = (),
+        concurrency: int = 4,
+        burst: bool = False,
+        name: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.queue = queue
+        self.registry = registry
+        self.capabilities = sorted(set(capabilities))
+        self.concurrency = concurrency
+        self.burst = burst
+        self.name = name or worker_name()
+        self.stats = WorkerStats()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._cancelling: set[int] = set()
+
+    async def run(self, stop: asyncio.Event) -> WorkerStats:
+        """Work until `stop` is set (or, in burst mode, until nothing is left to run)."""
+        self.queue.wakeup.start()
+        next_renew = next_reap = 0.0
+        delay = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    now = time.monotonic()
+                    if now >= next_reap:
+                        await self.queue.reap()
+                        next_reap = now + REAP_EVERY_S
+                    if now >= next_renew:
+                        await self._renew()
+                        next_renew = now + RENEW_EVERY_S
+                    claimed = await self.queue.claim(
+                        self.name, self.capabilities, self.concurrency - len(self._tasks)
+                    )
+                    for job in claimed:
+                        self._tasks[job.id] = asyncio.create_task(self._execute(job))
+                    if (
+                        self.burst
+                        and not self._tasks
+                        and not claimed
+                        and not await self.queue.has_pending(self.capabilities)
+                    ):
+                        break
+                    delay = 0.5
+                except TRANSIENT as err:
+                    self.stats.outages += 1
+                    log.warning(
+                        "worker %s: database unavailable (%s); retry in %.1fs",
+                        self.name,
+                        _first_line(err),
+                        delay,
+                    )
+                    await _sleep_or_stop(stop, delay)
+                    delay = min(OUTAGE_BACKOFF_MAX_S, delay * 2)
+                    continue
+                if claimed and len(self._tasks) < self.concurrency:
+                    continue  # there may be more right away
+                await self._idle(stop, min(IDLE_POLL_S, max(0.05, next_renew - time.monotonic())))
+        finally:
+            await self._release_all()
+            await self.queue.wakeup.aclose()
+        return self.stats
+
+    async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
+        """Sleep until new work, a finished job, stop, or the timeout."""
+        waiters: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self.queue.wakeup.wait(seconds)),
+        ]
+        running = list(self._tasks.values())
+        try:
+            await asyncio.wait(
+                [*waiters, *running], timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _renew(self) -> None:
+        cancel, lost = await self.queue.renew(self.name, list(self._tasks))
+        for job_id in cancel | lost:
+            task = self._tasks.get(job_id)
+            if task is not None:
+                if job_id in cancel:
+                    self._cancelling.add(job_id)
+                task.cancel()
+
+    async def _execute(self, job: ClaimedJob) -> None:
+        try:
+            kind = self.registry.get(job.kind)
+            payload = kind.payload_model.model_validate(job.payload)
+            context = JobContext(
+                job.id,
+                job.attempts,
+                lambda percent, message: self.queue.report(job.id, percent, message),
+            )
+            outcome = await kind.handler(context, payload)
+            result = outcome.model_dump(mode="json") if isinstance(outcome, BaseModel) else outcome
+            await _retrying(lambda: self.queue.complete(self.name, job.id, result))
+            self.stats.succeeded += 1
+        except asyncio.CancelledError:
+            if job.id in self._cancelling:
+                await _retrying(lambda: self.queue.mark_cancelled(self.name, job.id))
+                self.stats.cancelled += 1
+                return  # a requested cancel is the job's end, not the worker's
+            raise
+        except Exception as err:  # a handler's failure is the job's, recorded for retry
+            log.info("job %s (%s) attempt %s failed: %s", job.id, job.kind, job.attempts, err)
+            message = f"{type(err).__name__}: {err}"
+            await _retrying(lambda: self.queue.fail(self.name, job.id, message))
+            self.stats.failed += 1
+        finally:
+            self._tasks.pop(job.id, None)
+            self._cancelling.discard(job.id)
+
+    async def _release_all(self) -> None:
+        tasks = dict(self._tasks)
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        if tasks:
+            with contextlib.suppress(*TRANSIENT):
+                await self.queue.release(self.name, list(tasks))
+            self.stats.released += len(tasks)
+
+
+async def _retrying(action: Any, attempts: int = 8) -> Any:
+    """Write an outcome through a short database outage (the lease covers the gap)."""
+    delay = 0.25
+    for attempt in range(attempts):
+        try:
+            return await action()
+        except TRANSIENT:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(OUTAGE_BACKOFF_MAX_S, delay * 2)
+    return None
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
