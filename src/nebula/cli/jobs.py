@@ -33,8 +33,8 @@ jobs_app = typer.Typer(help="The durable job queue.", no_args_is_help=True)
 JobId = Annotated[int, typer.Argument(help="Job id.", min=1)]
 
 
-def job_queue(db: Database) -> JobQueue:
-    return JobQueue(db, default_registry(), Wakeup.for_database(db.url))
+def job_queue(db: Database, lease_s: float = 30.0) -> JobQueue:
+    return JobQueue(db, default_registry(), Wakeup.for_database(db.url), lease_s=lease_s)
 
 
 def parse_payload(text: str) -> dict[str, Any]:

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=5, ge=1)
     login_window_s: int = Field(default=15 * 60, ge=1)
     forwarded_allow_ips: str = "127.0.0.1"
+    # A job whose worker stops renewing (crash, kill -9) runs again after this long.
+    job_lease_s: float = Field(default=30.0, ge=1.0, le=3600.0)
+    worker_concurrency: int = Field(default=2, ge=0, le=256)  # in `nebula serve`; 0 = none
     ports: dict[str, int] = Field(default_factory=lambda: {"dashboard": 8080, "agent": 9765})
     paths: dict[str, str] = Field(default_factory=dict)
     peers: list[Peer] = Field(default_factory=list)

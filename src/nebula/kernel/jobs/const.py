@@ -21,7 +21,6 @@ DEFAULT_MAX_ATTEMPTS: Final = 3
 DEFAULT_BACKOFF_S: Final = 2.0  # first retry waits about this long, then doubles
 MAX_BACKOFF_S: Final = 3600.0
 LEASE_S: Final = 30.0  # a worker that stops renewing loses its jobs after this long
-RENEW_EVERY_S: Final = LEASE_S / 3
 REAP_EVERY_S: Final = 5.0
 IDLE_POLL_S: Final = 2.0  # fallback wake-up when no notification channel is available
 NOTIFY_CHANNEL: Final = "nebula_jobs"

@@ -62,8 +62,16 @@ def backoff_delay(base_s: float, attempt: int) -> float:
 
 
 class JobQueue:
-    def __init__(self, db: Database, registry: JobRegistry, wakeup: Wakeup | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        registry: JobRegistry,
+        wakeup: Wakeup | None = None,
+        *,
+        lease_s: float = LEASE_S,
+    ) -> None:
         self.db = db
+        self.lease_s = lease_s
         self.registry = registry
         self.wakeup = wakeup or Wakeup.in_process()
         self._sqlite = is_sqlite(db.url)
@@ -309,7 +317,7 @@ class JobQueue:
         lease = {
             "status": JobStatus.RUNNING,
             "lease_owner": owner,
-            "lease_expires_at": now + timedelta(seconds=LEASE_S),
+            "lease_expires_at": now + timedelta(seconds=self.lease_s),
             "attempts": Job.attempts + 1,
             "started_at": now,
         }
@@ -383,7 +391,7 @@ class JobQueue:
                 .where(
                     Job.id.in_(job_ids), Job.lease_owner == owner, Job.status == JobStatus.RUNNING
                 )
-                .values(lease_expires_at=utcnow() + timedelta(seconds=LEASE_S))
+                .values(lease_expires_at=utcnow() + timedelta(seconds=self.lease_s))
                 .returning(Job.id, Job.cancel_requested)
             )
             held = {job_id: cancel for job_id, cancel in rows.tuples()}

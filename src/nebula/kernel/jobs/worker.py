@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from nebula.kernel.jobs.const import IDLE_POLL_S, REAP_EVERY_S, RENEW_EVERY_S
+from nebula.kernel.jobs.const import IDLE_POLL_S, REAP_EVERY_S
 from nebula.kernel.jobs.queue import JobQueue
 from nebula.kernel.jobs.registry import JobContext, JobRegistry
 from nebula.kernel.jobs.schemas import ClaimedJob
@@ -78,10 +78,10 @@ class Worker:
                     now = time.monotonic()
                     if now >= next_reap:
                         await self.queue.reap()
-                        next_reap = now + REAP_EVERY_S
+                        next_reap = now + min(REAP_EVERY_S, self.queue.lease_s / 2)
                     if now >= next_renew:
                         await self._renew()
-                        next_renew = now + RENEW_EVERY_S
+                        next_renew = now + self.queue.lease_s / 3  # renew well before expiry
                     claimed = await self.queue.claim(
                         self.name, self.capabilities, self.concurrency - len(self._tasks)
                     )
