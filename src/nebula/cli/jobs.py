@@ -25,10 +25,20 @@ from nebula.cli.common import (
 from nebula.kernel.audit import Actor
 from nebula.kernel.db import Database
 from nebula.kernel.errors import InvalidInput
-from nebula.kernel.jobs import JobInfo, JobQueue, JobSpec, Wakeup, Worker, default_registry
+from nebula.kernel.jobs import (
+    JobInfo,
+    JobQueue,
+    JobSpec,
+    Scheduler,
+    Wakeup,
+    Worker,
+    default_registry,
+)
 from nebula.kernel.jobs.schemas import JobEventInfo
 
 jobs_app = typer.Typer(help="The durable job queue.", no_args_is_help=True)
+schedule_app = typer.Typer(help="Cron schedules that enqueue jobs.", no_args_is_help=True)
+jobs_app.add_typer(schedule_app, name="schedule")
 
 JobId = Annotated[int, typer.Argument(help="Job id.", min=1)]
 
@@ -242,3 +252,56 @@ def worker(
         )
 
     run(with_db(settings, work))
+
+
+@schedule_app.command("add")
+@friendly
+def schedule_add(
+    name: Annotated[str, typer.Argument(help="A name for the schedule.")],
+    kind: Annotated[str, typer.Argument(help="Job kind to enqueue.")],
+    cron: Annotated[str, typer.Option(help="Cron expression, e.g. '*/5 * * * *'.")],
+    payload: Annotated[str, typer.Option(help="JSON object for the job's handler.")] = "{}",
+    capability: Annotated[
+        list[str] | None, typer.Option(help="A capability the worker must have (repeatable).")
+    ] = None,
+) -> None:
+    """Enqueue KIND at every tick of CRON (workers and `nebula serve` run the schedules)."""
+    spec = JobSpec(kind=kind, payload=parse_payload(payload), capabilities=capability or [])
+    settings = settings_with_schema()
+    info = run(
+        with_db(settings, lambda db: Scheduler(job_queue(db)).add(Actor.cli(), name, cron, spec))
+    )
+    out.print(
+        f"Schedule {info.name}: {kind} at '{cron}', next {info.next_run_at:%Y-%m-%d %H:%M} UTC.",
+        highlight=False,
+    )
+
+
+@schedule_app.command("list")
+@friendly
+def schedule_list(as_json: JsonOption = False) -> None:
+    """List cron schedules."""
+    settings = settings_with_schema()
+    items = run(with_db(settings, lambda db: Scheduler(job_queue(db)).list_schedules()))
+    if as_json:
+        print_json([i.model_dump(mode="json") for i in items])
+        return
+    table = Table("name", "cron", "kind", "next run", "last run")
+    for i in items:
+        table.add_row(
+            i.name,
+            i.cron,
+            i.kind,
+            f"{i.next_run_at:%Y-%m-%d %H:%M}",
+            f"{i.last_run_at:%Y-%m-%d %H:%M}" if i.last_run_at else "never",
+        )
+    out.print(table)
+
+
+@schedule_app.command("remove")
+@friendly
+def schedule_remove(name: Annotated[str, typer.Argument(help="The schedule's name.")]) -> None:
+    """Delete a cron schedule."""
+    settings = settings_with_schema()
+    run(with_db(settings, lambda db: Scheduler(job_queue(db)).remove(Actor.cli(), name)))
+    out.print(f"Removed schedule {name}.", highlight=False)

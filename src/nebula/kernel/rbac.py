@@ -20,6 +20,7 @@ class Permission(StrEnum):
     FLEET_WRITE = "fleet:write"
     JOBS_READ = "jobs:read"
     JOBS_WRITE = "jobs:write"
+    JOBS_APPROVE = "jobs:approve"
     AUDIT_READ = "audit:read"
     USERS_READ = "users:read"
     USERS_WRITE = "users:write"

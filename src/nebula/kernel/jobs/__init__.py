@@ -5,6 +5,7 @@ from __future__ import annotations
 from nebula.kernel.jobs.const import JobStatus
 from nebula.kernel.jobs.queue import JobQueue
 from nebula.kernel.jobs.registry import JobContext, JobRegistry, default_registry
+from nebula.kernel.jobs.schedules import ScheduleInfo, Scheduler
 from nebula.kernel.jobs.schemas import JobEventInfo, JobInfo, JobSpec
 from nebula.kernel.jobs.wakeup import Wakeup
 from nebula.kernel.jobs.worker import Worker, WorkerStats
@@ -17,6 +18,8 @@ __all__ = [
     "JobRegistry",
     "JobSpec",
     "JobStatus",
+    "ScheduleInfo",
+    "Scheduler",
     "Wakeup",
     "Worker",
     "WorkerStats",

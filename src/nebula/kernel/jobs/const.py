@@ -22,6 +22,7 @@ DEFAULT_BACKOFF_S: Final = 2.0  # first retry waits about this long, then double
 MAX_BACKOFF_S: Final = 3600.0
 LEASE_S: Final = 30.0  # a worker that stops renewing loses its jobs after this long
 REAP_EVERY_S: Final = 5.0
+SCHEDULE_EVERY_S: Final = 1.0  # cron has minute resolution; a second is prompt enough
 IDLE_POLL_S: Final = 2.0  # fallback wake-up when no notification channel is available
 NOTIFY_CHANNEL: Final = "nebula_jobs"
 MAX_PRIORITY: Final = 1000

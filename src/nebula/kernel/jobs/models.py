@@ -65,3 +65,21 @@ class JobEvent(Base):
     kind: Mapped[str] = mapped_column(String(16))  # "progress", "log", "status"
     message: Mapped[str] = mapped_column(Text, default="")
     progress: Mapped[int | None] = mapped_column(default=None)
+
+
+class JobSchedule(Base):
+    """A job enqueued on a cron schedule. Each tick's job carries an idempotency key
+    naming the tick, so two schedulers running at once still enqueue it once."""
+
+    __tablename__ = "job_schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(96), unique=True)
+    cron: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(96))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    capabilities: Mapped[list[str]] = mapped_column(JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    next_run_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

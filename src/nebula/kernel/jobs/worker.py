@@ -20,9 +20,10 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
-from nebula.kernel.jobs.const import IDLE_POLL_S, REAP_EVERY_S
+from nebula.kernel.jobs.const import IDLE_POLL_S, REAP_EVERY_S, SCHEDULE_EVERY_S
 from nebula.kernel.jobs.queue import JobQueue
 from nebula.kernel.jobs.registry import JobContext, JobRegistry
+from nebula.kernel.jobs.schedules import Scheduler
 from nebula.kernel.jobs.schemas import ClaimedJob
 
 log = logging.getLogger("nebula.jobs")
@@ -54,6 +55,7 @@ class Worker:
         concurrency: int = 4,
         burst: bool = False,
         name: str | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -63,6 +65,7 @@ class Worker:
         self.concurrency = concurrency
         self.burst = burst
         self.name = name or worker_name()
+        self.scheduler = scheduler
         self.stats = WorkerStats()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancelling: set[int] = set()
@@ -70,7 +73,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> WorkerStats:
         """Work until `stop` is set (or, in burst mode, until nothing is left to run)."""
         self.queue.wakeup.start()
-        next_renew = next_reap = 0.0
+        next_renew = next_reap = next_tick = 0.0
         delay = 0.5
         try:
             while not stop.is_set():
@@ -79,6 +82,9 @@ class Worker:
                     if now >= next_reap:
                         await self.queue.reap()
                         next_reap = now + min(REAP_EVERY_S, self.queue.lease_s / 2)
+                    if self.scheduler is not None and now >= next_tick:
+                        await self.scheduler.tick()
+                        next_tick = now + SCHEDULE_EVERY_S
                     if now >= next_renew:
                         await self._renew()
                         next_renew = now + self.queue.lease_s / 3  # renew well before expiry
@@ -108,7 +114,8 @@ class Worker:
                     continue
                 if claimed and len(self._tasks) < self.concurrency:
                     continue  # there may be more right away
-                await self._idle(stop, min(IDLE_POLL_S, max(0.05, next_renew - time.monotonic())))
+                wake_by = min(next_renew, next_tick if self.scheduler else next_renew)
+                await self._idle(stop, min(IDLE_POLL_S, max(0.05, wake_by - time.monotonic())))
         finally:
             await self._release_all()
             await self.queue.wakeup.aclose()
