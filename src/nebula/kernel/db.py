@@ -28,6 +28,9 @@ from sqlalchemy.types import TypeDecorator
 from nebula.kernel.config import redact_url
 from nebula.kernel.errors import DatabaseUnavailable
 
+# Enough for the web server plus a worker at full concurrency without connection churn.
+POOL_SIZE = 20
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -100,7 +103,10 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_async_engine(url, pool_pre_ping=True, connect_args={"timeout": 10})
+    return create_async_engine(
+        url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, pool_pre_ping=True,
+        connect_args={"timeout": 10},
+    )
 
 
 @dataclass

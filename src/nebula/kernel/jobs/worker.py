@@ -69,6 +69,8 @@ class Worker:
         self.stats = WorkerStats()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancelling: set[int] = set()
+        # Successes wait here for the main loop to write them together.
+        self._done: list[tuple[int, dict[str, Any] | None]] = []
 
     async def run(self, stop: asyncio.Event) -> WorkerStats:
         """Work until `stop` is set (or, in burst mode, until nothing is left to run)."""
@@ -78,6 +80,7 @@ class Worker:
         try:
             while not stop.is_set():
                 try:
+                    await self._flush()
                     now = time.monotonic()
                     if now >= next_reap:
                         await self.queue.reap()
@@ -96,6 +99,7 @@ class Worker:
                     if (
                         self.burst
                         and not self._tasks
+                        and not self._done
                         and not claimed
                         and not await self.queue.has_pending(self.capabilities)
                     ):
@@ -156,8 +160,7 @@ class Worker:
             )
             outcome = await kind.handler(context, payload)
             result = outcome.model_dump(mode="json") if isinstance(outcome, BaseModel) else outcome
-            await _retrying(lambda: self.queue.complete(self.name, job.id, result))
-            self.stats.succeeded += 1
+            self._done.append((job.id, result))
         except asyncio.CancelledError:
             if job.id in self._cancelling:
                 await _retrying(lambda: self.queue.mark_cancelled(self.name, job.id))
@@ -173,11 +176,21 @@ class Worker:
             self._tasks.pop(job.id, None)
             self._cancelling.discard(job.id)
 
+    async def _flush(self) -> None:
+        """Write finished jobs; on an outage they stay queued here for the next try."""
+        if self._done:
+            batch = list(self._done)
+            await self.queue.complete_many(self.name, batch)
+            del self._done[: len(batch)]
+            self.stats.succeeded += len(batch)
+
     async def _release_all(self) -> None:
         tasks = dict(self._tasks)
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
+        with contextlib.suppress(*TRANSIENT):
+            await _retrying(self._flush, attempts=3)
         if tasks:
             with contextlib.suppress(*TRANSIENT):
                 await self.queue.release(self.name, list(tasks))
