@@ -10,6 +10,7 @@ import signal
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from nebula.cli.common import (
@@ -59,6 +60,18 @@ def parse_payload(text: str) -> dict[str, Any]:
     return payload
 
 
+def job_spec(**fields: Any) -> JobSpec:
+    """A JobSpec from command-line values; out-of-range options are the user's to fix."""
+    try:
+        return JobSpec(**fields)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}"
+            for e in err.errors()
+        )
+        raise InvalidInput(f"Invalid job: {problems}") from err
+
+
 def split_list(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
@@ -88,7 +101,7 @@ def enqueue(
     as_json: JsonOption = False,
 ) -> None:
     """Add jobs to the queue."""
-    spec = JobSpec(
+    spec = job_spec(
         kind=kind,
         payload=parse_payload(payload),
         capabilities=capability or [],
@@ -231,13 +244,14 @@ def worker(
             with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers
                 loop.add_signal_handler(sig, stop.set)
         registry = default_registry()
-        queue = JobQueue(db, registry, Wakeup.for_database(db.url))
+        queue = JobQueue(db, registry, Wakeup.for_database(db.url), lease_s=settings.job_lease_s)
         runner = Worker(
             queue,
             registry,
             capabilities=split_list(capabilities),
             concurrency=concurrency,
             burst=burst,
+            scheduler=None if burst else Scheduler(queue),
         )
         err_console.print(
             f"Worker {runner.name}: concurrency {concurrency}, capabilities "
@@ -266,7 +280,7 @@ def schedule_add(
     ] = None,
 ) -> None:
     """Enqueue KIND at every tick of CRON (workers and `nebula serve` run the schedules)."""
-    spec = JobSpec(kind=kind, payload=parse_payload(payload), capabilities=capability or [])
+    spec = job_spec(kind=kind, payload=parse_payload(payload), capabilities=capability or [])
     settings = settings_with_schema()
     info = run(
         with_db(settings, lambda db: Scheduler(job_queue(db)).add(Actor.cli(), name, cron, spec))

@@ -210,7 +210,7 @@ class JobQueue:
             rows = await session.execute(
                 select(Job.status, func.count(Job.id)).group_by(Job.status)
             )
-            return {status: count for status, count in rows.tuples()}
+            return {status: count for status, count in rows.all()}
 
     @staticmethod
     async def _load(session: AsyncSession, job_id: int) -> Job:
@@ -406,7 +406,7 @@ class JobQueue:
                 .values(lease_expires_at=utcnow() + timedelta(seconds=self.lease_s))
                 .returning(Job.id, Job.cancel_requested)
             )
-            held = {job_id: cancel for job_id, cancel in rows.tuples()}
+            held = {job_id: cancel for job_id, cancel in rows.all()}
         return {i for i, cancel in held.items() if cancel}, set(job_ids) - set(held)
 
     def _owned(self, owner: str, job_id: int) -> ColumnElement[bool]:

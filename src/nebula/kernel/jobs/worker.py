@@ -175,6 +175,9 @@ class Worker:
         finally:
             self._tasks.pop(job.id, None)
             self._cancelling.discard(job.id)
+            # Wake the main loop even if it started idling after this task ended: it
+            # writes the outcome and claims more now, not at the next idle poll.
+            self.queue.wakeup.notify_local()
 
     async def _flush(self) -> None:
         """Write finished jobs; on an outage they stay queued here for the next try."""
