@@ -15,7 +15,7 @@ from tests.conftest import Account
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Routes any signed-in user may call to act on their own session only.
 SELF_SERVICE = frozenset({("POST", "/logout")})
-PATH_EXAMPLES = {"area": "nodes"}
+PATH_EXAMPLES = {"area": "nodes", "job_id": "1"}
 
 
 def concrete(path: str) -> str:

@@ -104,7 +104,10 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
     return create_async_engine(
-        url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE, pool_pre_ping=True,
+        url,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_SIZE,
+        pool_pre_ping=True,
         connect_args={"timeout": 10},
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
@@ -18,8 +19,9 @@ from nebula.agent.collectors import prime_cpu
 from nebula.kernel.auth import Principal
 from nebula.kernel.config import Settings
 from nebula.kernel.errors import DatabaseUnavailable
+from nebula.kernel.jobs import Scheduler, Worker, WorkerStats
 from nebula.kernel.rbac import Permission
-from nebula.web import api, metrics, pages
+from nebula.web import api, events_api, jobs_api, jobs_pages, metrics, pages
 from nebula.web.deps import RuntimeDep, csrf_protect, require
 from nebula.web.errors import install_error_handlers
 from nebula.web.runtime import Runtime
@@ -59,10 +61,15 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         owned = runtime is None
         app.state.runtime = runtime or Runtime.build(settings)
         prime_cpu()
+        stop = asyncio.Event()
+        workers = _start_workers(app.state.runtime, stop) if owned else None
         log.info("nebula %s ready (env=%s)", __version__, settings.env)
         try:
             yield
         finally:
+            stop.set()  # running jobs go back to the queue
+            if workers is not None:
+                await workers
             if owned:
                 await app.state.runtime.close()
 
@@ -85,8 +92,25 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(_core_router(app))
     app.include_router(metrics.router)
     app.include_router(api.router)
+    app.include_router(events_api.router)
+    app.include_router(jobs_api.router)
+    app.include_router(jobs_pages.router)
     app.include_router(pages.router)  # last: it ends with the catch-all /{area}
     return app
+
+
+def _start_workers(runtime: Runtime, stop: asyncio.Event) -> asyncio.Task[WorkerStats] | None:
+    """The job worker and cron scheduler that `nebula serve` runs in-process."""
+    if runtime.settings.worker_concurrency < 1:
+        return None
+    queue = runtime.jobs
+    worker = Worker(
+        queue,
+        queue.registry,
+        concurrency=runtime.settings.worker_concurrency,
+        scheduler=Scheduler(queue),
+    )
+    return asyncio.create_task(worker.run(stop), name="nebula-worker")
 
 
 def _core_router(app: FastAPI) -> APIRouter:

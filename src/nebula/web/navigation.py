@@ -54,7 +54,7 @@ NAVIGATION: tuple[NavSection, ...] = (
     NavSection(
         "Automation",
         (
-            _planned("Jobs", "jobs", "The durable job queue: status, progress and logs."),
+            NavItem("Jobs", "/jobs", True, "", Permission.JOBS_READ),
             _planned("Deploy", "deploy", "Deploy pipelines with rollbacks."),
             _planned("Marketplace", "marketplace", "One-click apps for your nodes."),
         ),

@@ -11,6 +11,8 @@ from nebula import __version__
 from nebula.kernel.auth import AuthService
 from nebula.kernel.config import Settings
 from nebula.kernel.db import Database
+from nebula.kernel.events import EventBus, build_event_bus
+from nebula.kernel.jobs import JobQueue, Wakeup, default_registry
 from nebula.kernel.secrets import SecretStore, load_keyring
 
 
@@ -21,6 +23,8 @@ class Runtime:
     http: httpx.AsyncClient
     auth: AuthService
     secrets: SecretStore
+    events: EventBus
+    jobs: JobQueue
     version: str = __version__
     started_at: float = field(default_factory=time.time)
 
@@ -36,8 +40,13 @@ class Runtime:
             http=http,
             auth=AuthService(db, settings),
             secrets=SecretStore(db, load_keyring(settings)),
+            events=build_event_bus(settings, db),
+            jobs=JobQueue(
+                db, default_registry(), Wakeup.for_database(db.url), lease_s=settings.job_lease_s
+            ),
         )
 
     async def close(self) -> None:
+        await self.events.aclose()
         await self.http.aclose()
         await self.db.dispose()

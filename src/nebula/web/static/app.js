@@ -53,5 +53,39 @@
     stream.addEventListener("error", () => set(page, "live", "reconnecting…"));
   }
 
+  function liveJob() {
+    const root = document.getElementById("job");
+    if (!root || !root.dataset.stream || !window.EventSource) return;
+    const stream = new EventSource(root.dataset.stream);
+    const log = document.getElementById("job-log");
+    stream.addEventListener("job", (event) => {
+      const job = JSON.parse(event.data);
+      set(root, "status", job.status);
+      set(root, "progress", `${job.progress}%`);
+      bar(root, "progress", job.progress);
+      set(root, "progress_message", job.progress_message);
+      set(root, "attempts", `${job.attempts} of ${job.max_attempts}`);
+      set(root, "worker", job.lease_owner || "—");
+      set(root, "error", job.error || "—");
+      if (job.result !== null) set(root, "result", JSON.stringify(job.result));
+      if (["succeeded", "failed", "cancelled"].includes(job.status)) {
+        stream.close();
+        window.location.reload(); // show the actions that fit the final state
+      }
+    });
+    stream.addEventListener("log", (event) => {
+      const entry = JSON.parse(event.data);
+      log.querySelector("tr.empty")?.remove();
+      const row = document.createElement("tr");
+      for (const text of [new Date(entry.at).toISOString().replace("T", " ").slice(0, 19) + " UTC", entry.kind, entry.message]) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.appendChild(cell);
+      }
+      log.appendChild(row);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", liveOverview);
+  document.addEventListener("DOMContentLoaded", liveJob);
 })();
