@@ -7,9 +7,12 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from nebula.kernel import models  # noqa: F401  (registers the kernel tables)
+from nebula.kernel import (
+    event_models,  # noqa: F401  (registers the event bus tables)
+    models,  # noqa: F401  (registers the kernel tables)
+)
 from nebula.kernel.db import Base, create_engine
-from nebula.kernel.jobs import models as job_models  # noqa: F401
+from nebula.kernel.jobs import models as job_models  # noqa: F401  (registers the job tables)
 
 config = context.config
 target_metadata = Base.metadata

@@ -56,7 +56,7 @@ SIDEBAR: Final = [
     ("Infrastructure", "Nodes", "/nodes", False),
     ("Infrastructure", "Containers", "/containers", False),
     ("Infrastructure", "AI Nodes", "/ai-nodes", False),
-    ("Automation", "Jobs", "/jobs", False),
+    ("Automation", "Jobs", "/jobs", True),
     ("Automation", "Deploy", "/deploy", False),
     ("Automation", "Marketplace", "/marketplace", False),
     ("AI", "Jarvis", "/jarvis", False),
