@@ -35,6 +35,7 @@ from nebula.kernel.db import Database
 from nebula.kernel.errors import SecretError
 from nebula.kernel.secrets import SecretStore, generate_key, load_keyring, read_key_file
 from nebula.kernel.tokens import hash_token, token_prefix
+from tests.cli_support import describe, failed_cleanly, succeeded
 
 NEBULA = Path(sys.executable).parent / "nebula"
 TOKEN_PATTERN = re.compile(r"nbl_[A-Za-z0-9_-]{43}")
@@ -83,31 +84,6 @@ class Cli:
             timeout=timeout,
             check=False,
         )
-
-
-def describe(result: subprocess.CompletedProcess[str]) -> str:
-    return (
-        f"{result.args} exited {result.returncode}\n"
-        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    )
-
-
-def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, describe(result)
-    assert "Traceback" not in result.stdout + result.stderr, describe(result)
-    return result
-
-
-def failed_cleanly(result: subprocess.CompletedProcess[str]) -> str:
-    """Non-zero exit, nothing on stdout, exactly one `error:` line on stderr, no traceback."""
-    text = describe(result)
-    assert result.returncode != 0, text
-    assert "Traceback" not in result.stdout + result.stderr, text
-    assert result.stdout == "", text
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, text
-    assert lines[0].startswith("error: "), text
-    return lines[0]
 
 
 def free_port() -> int:

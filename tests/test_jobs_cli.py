@@ -24,6 +24,7 @@ from sqlalchemy import update
 from nebula.kernel.db import Database, is_sqlite, utcnow
 from nebula.kernel.jobs import JobInfo, JobQueue, JobStatus, default_registry
 from nebula.kernel.jobs.models import Job
+from tests.cli_support import failed_cleanly, succeeded
 
 NEBULA = Path(sys.executable).parent / "nebula"
 LEASE_S = 2  # NEBULA_JOB_LEASE_S for the crash tests
@@ -41,31 +42,6 @@ def base_environment(extra: dict[str, str]) -> dict[str, str]:
     env.update(NEBULA_ENV="local", NO_COLOR="1", PYTHONUNBUFFERED="1", COLUMNS="200")
     env.update(extra)
     return env
-
-
-def describe(result: subprocess.CompletedProcess[str]) -> str:
-    return (
-        f"{result.args} exited {result.returncode}\n"
-        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    )
-
-
-def succeeded(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, describe(result)
-    assert "Traceback" not in result.stdout + result.stderr, describe(result)
-    return result
-
-
-def failed_cleanly(result: subprocess.CompletedProcess[str]) -> str:
-    """Non-zero exit, nothing on stdout, exactly one `error:` line on stderr, no traceback."""
-    text = describe(result)
-    assert result.returncode != 0, text
-    assert "Traceback" not in result.stdout + result.stderr, text
-    assert result.stdout == "", text
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, text
-    assert lines[0].startswith("error: "), text
-    return lines[0]
 
 
 @dataclass
