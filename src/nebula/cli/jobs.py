@@ -35,6 +35,7 @@ from nebula.kernel.jobs import (
     Worker,
     default_registry,
 )
+from nebula.kernel.jobs.queue import JobAction
 from nebula.kernel.jobs.schemas import JobEventInfo
 
 jobs_app = typer.Typer(help="The durable job queue.", no_args_is_help=True)
@@ -172,18 +173,11 @@ def show(job_id: JobId, as_json: JsonOption = False) -> None:
         out.print(f"  {event.at:%H:%M:%S} {event.kind}: {event.message}", highlight=False)
 
 
-def _act(action: str, job_id: int, as_json: bool) -> None:
+def _act(action: JobAction, job_id: int, as_json: bool) -> None:
     settings = settings_with_schema()
 
     async def apply(db: Database) -> JobInfo:
-        queue = job_queue(db)
-        method = {
-            "cancel": queue.cancel,
-            "retry": queue.retry,
-            "approve": queue.approve,
-            "reject": queue.reject,
-        }[action]
-        return await method(Actor.cli(), job_id)
+        return await job_queue(db).act(Actor.cli(), job_id, action)
 
     job = run(with_db(settings, apply))
     if as_json:

@@ -151,10 +151,14 @@ class Database:
         await self.engine.dispose()
 
 
+def first_line(err: BaseException) -> str:
+    """The driver's own message, first line only (SQLAlchemy wraps it in `orig`)."""
+    text = str(getattr(err, "orig", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def unavailable(url: str, err: BaseException) -> DatabaseUnavailable:
-    reason = str(getattr(err, "orig", None) or err).strip().splitlines()
-    detail = reason[0] if reason else type(err).__name__
     return DatabaseUnavailable(
-        f"Cannot reach the database at {redact_url(url)}: {detail}",
+        f"Cannot reach the database at {redact_url(url)}: {first_line(err)}",
         hint="Check NEBULA_DATABASE_URL and that the server is running.",
     )

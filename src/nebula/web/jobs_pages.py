@@ -10,6 +10,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from nebula.kernel.auth import Principal
 from nebula.kernel.errors import NebulaError
 from nebula.kernel.jobs import JobStatus
+from nebula.kernel.jobs.const import FINISHED
+from nebula.kernel.jobs.queue import JobAction
 from nebula.kernel.rbac import Permission
 from nebula.web.deps import RuntimeDep, actor_for, require
 from nebula.web.templating import render
@@ -61,7 +63,7 @@ async def _detail(
         "job": job,
         "events": events,
         "error": error,
-        "finished": job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED),
+        "finished": job.status in FINISHED,
     }
     return render(request, "job.html", context, status_code=status_code)
 
@@ -72,17 +74,10 @@ async def job_page(request: Request, runtime: RuntimeDep, _: JobsReader, job_id:
 
 
 async def _act(
-    request: Request, runtime: RuntimeDep, principal: Principal, job_id: int, action: str
+    request: Request, runtime: RuntimeDep, principal: Principal, job_id: int, action: JobAction
 ) -> Response:
-    queue = runtime.jobs
-    method = {
-        "cancel": queue.cancel,
-        "retry": queue.retry,
-        "approve": queue.approve,
-        "reject": queue.reject,
-    }[action]
     try:
-        await method(actor_for(principal, request), job_id)
+        await runtime.jobs.act(actor_for(principal, request), job_id, action)
     except NebulaError as err:
         return await _detail(request, runtime, job_id, error=err.message, status_code=err.status)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)

@@ -31,6 +31,7 @@ from nebula.web.deps import (
     anonymous_form_csrf,
     client_ip,
     cookie_is_secure,
+    get_runtime,
     require,
 )
 from nebula.web.navigation import PLANNED
@@ -70,8 +71,7 @@ def _signed_in(response: Response, request: Request, token: str) -> Response:
 
 
 def get_ttl_seconds(request: Request) -> int:
-    hours: int = request.app.state.runtime.settings.session_ttl_hours
-    return hours * 3600
+    return get_runtime(request).settings.session_ttl_hours * 3600
 
 
 async def _overview_context(runtime: RuntimeDep) -> dict[str, object]:

@@ -12,7 +12,7 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -46,6 +46,7 @@ from nebula.kernel.jobs.registry import JobRegistry
 from nebula.kernel.jobs.schemas import ClaimedJob, JobEventInfo, JobInfo, JobSpec
 from nebula.kernel.jobs.wakeup import Wakeup
 
+JobAction = Literal["cancel", "retry", "approve", "reject"]
 CLAIM_COLUMNS = (Job.id, Job.kind, Job.payload, Job.attempts)
 # "No capability the job needs is missing from the worker's list", per dialect.
 _LACKS_NONE_SQLITE = (
@@ -298,6 +299,16 @@ class JobQueue:
             error=f"rejected by {actor.name}",
             finished_at=utcnow(),
         )
+
+    async def act(self, actor: Actor, job_id: int, action: JobAction) -> JobInfo:
+        """Cancel, retry, approve or reject by name (for the CLI and the pages)."""
+        methods = {
+            "cancel": self.cancel,
+            "retry": self.retry,
+            "approve": self.approve,
+            "reject": self.reject,
+        }
+        return await methods[action](actor, job_id)
 
     # workers -----------------------------------------------------------------------
 

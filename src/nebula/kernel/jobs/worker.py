@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
+from nebula.kernel.db import first_line
 from nebula.kernel.jobs.const import IDLE_POLL_S, REAP_EVERY_S, SCHEDULE_EVERY_S
 from nebula.kernel.jobs.queue import JobQueue
 from nebula.kernel.jobs.registry import JobContext, JobRegistry
@@ -110,7 +111,7 @@ class Worker:
                     log.warning(
                         "worker %s: database unavailable (%s); retry in %.1fs",
                         self.name,
-                        _first_line(err),
+                        first_line(err),
                         delay,
                     )
                     await _sleep_or_stop(stop, delay)
@@ -217,8 +218,3 @@ async def _retrying(action: Any, attempts: int = 8) -> Any:
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "orig", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
