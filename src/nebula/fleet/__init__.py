@@ -1,0 +1,2 @@
+"""The fleet: nodes, the service registry and heartbeats, discovery, SSH nodes,
+containers, wake-on-LAN and the Command Center."""
