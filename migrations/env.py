@@ -7,6 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from nebula.fleet import models as fleet_models  # noqa: F401  (registers the fleet tables)
 from nebula.kernel import (
     event_models,  # noqa: F401  (registers the event bus tables)
     models,  # noqa: F401  (registers the kernel tables)

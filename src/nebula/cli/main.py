@@ -23,6 +23,7 @@ from nebula.cli.common import (
     with_db,
 )
 from nebula.cli.jobs import jobs_app, worker
+from nebula.cli.node import node_app
 from nebula.kernel.audit import Actor
 from nebula.kernel.auth import AuthService, parse_duration
 from nebula.kernel.config import Settings, load_settings, redact_url
@@ -48,6 +49,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(node_app, name="node")
 app.command("worker")(worker)
 
 # serve / db / version -----------------------------------------------------------

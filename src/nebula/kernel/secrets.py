@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.kernel import audit
 from nebula.kernel.audit import Actor
@@ -208,28 +209,31 @@ class SecretStore:
 
     async def set(self, actor: Actor, name: str, value: str, scope: str = "global") -> int:
         """Create or replace a secret; returns its new version."""
+        async with self.db.begin() as session:
+            return await self.put(session, actor, name, value, scope)
+
+    async def put(
+        self, session: AsyncSession, actor: Actor, name: str, value: str, scope: str = "global"
+    ) -> int:
+        """`set` inside the caller's transaction, so the secret lands with the change it
+        belongs to or not at all."""
         validate_name(name)
         validate_name(scope)
         self.keyring = self.keyring.refreshed()
         if not value:
             raise InvalidInput("A secret value cannot be empty.")
         ciphertext = self.keyring.encrypt(value, _context(scope, name))
-        async with self.db.begin() as session:
-            row = await session.scalar(
-                select(Secret).where(Secret.scope == scope, Secret.name == name)
-            )
-            if row is None:
-                row = Secret(scope=scope, name=name, ciphertext=ciphertext, version=1)
-                row.key_id = self.keyring.active_id
-                session.add(row)
-            else:
-                row.ciphertext, row.key_id = ciphertext, self.keyring.active_id
-                row.version += 1
-                row.updated_at = utcnow()
-            audit.record(
-                session, actor, "secret.set", f"secret:{scope}/{name}", version=row.version
-            )
-            return row.version
+        row = await session.scalar(select(Secret).where(Secret.scope == scope, Secret.name == name))
+        if row is None:
+            row = Secret(scope=scope, name=name, ciphertext=ciphertext, version=1)
+            row.key_id = self.keyring.active_id
+            session.add(row)
+        else:
+            row.ciphertext, row.key_id = ciphertext, self.keyring.active_id
+            row.version += 1
+            row.updated_at = utcnow()
+        audit.record(session, actor, "secret.set", f"secret:{scope}/{name}", version=row.version)
+        return row.version
 
     async def get(self, name: str, scope: str = "global") -> str:
         self.keyring = self.keyring.refreshed()

@@ -16,12 +16,13 @@ from starlette.routing import BaseRoute
 
 from nebula import __version__
 from nebula.agent.collectors import prime_cpu
+from nebula.fleet.heartbeats import watch as fleet_watch
 from nebula.kernel.auth import Principal
 from nebula.kernel.config import Settings
 from nebula.kernel.errors import DatabaseUnavailable
 from nebula.kernel.jobs import Scheduler, Worker, WorkerStats
 from nebula.kernel.rbac import Permission
-from nebula.web import api, events_api, jobs_api, jobs_pages, metrics, pages
+from nebula.web import api, events_api, fleet_api, jobs_api, jobs_pages, metrics, pages
 from nebula.web.deps import RuntimeDep, csrf_protect, require
 from nebula.web.errors import install_error_handlers
 from nebula.web.runtime import Runtime
@@ -39,6 +40,8 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/"),  # the Quick Start wizard while no admin exists; else sign-in required
         ("POST", "/setup"),  # refused once an admin exists
         ("GET", "/metrics"),  # loopback only, or an API token
+        ("POST", "/api/v1/agents/enroll"),  # authenticated by a one-time enrollment token
+        ("POST", "/api/v1/agents/heartbeat"),  # authenticated by the agent's own token
     }
 )
 
@@ -63,6 +66,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         prime_cpu()
         stop = asyncio.Event()
         workers = _start_workers(app.state.runtime, stop) if owned else None
+        housekeeping = (
+            asyncio.create_task(fleet_watch(app.state.runtime.heartbeats, stop), name="fleet")
+            if owned
+            else None
+        )
         log.info("nebula %s ready (env=%s)", __version__, settings.env)
         try:
             yield
@@ -70,6 +78,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             stop.set()  # running jobs go back to the queue
             if workers is not None:
                 await workers
+            if housekeeping is not None:
+                await housekeeping
             if owned:
                 await app.state.runtime.close()
 
@@ -94,6 +104,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(events_api.router)
     app.include_router(jobs_api.router)
+    app.include_router(fleet_api.router)
     app.include_router(jobs_pages.router)
     app.include_router(pages.router)  # last: it ends with the catch-all /{area}
     return app

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from nebula import __version__
+from nebula.fleet.heartbeats import HeartbeatIngest
+from nebula.fleet.service import FleetService
 from nebula.kernel.auth import AuthService
 from nebula.kernel.config import Settings
 from nebula.kernel.db import Database
@@ -25,6 +27,8 @@ class Runtime:
     secrets: SecretStore
     events: EventBus
     jobs: JobQueue
+    fleet: FleetService
+    heartbeats: HeartbeatIngest
     version: str = __version__
     started_at: float = field(default_factory=time.time)
 
@@ -34,16 +38,20 @@ class Runtime:
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(10.0), headers={"User-Agent": f"nebula-command/{__version__}"}
         )
+        secrets = SecretStore(db, load_keyring(settings))
+        events = build_event_bus(settings, db)
         return cls(
             settings=settings,
             db=db,
             http=http,
             auth=AuthService(db, settings),
-            secrets=SecretStore(db, load_keyring(settings)),
-            events=build_event_bus(settings, db),
+            secrets=secrets,
+            events=events,
             jobs=JobQueue(
                 db, default_registry(), Wakeup.for_database(db.url), lease_s=settings.job_lease_s
             ),
+            fleet=FleetService(db, secrets),
+            heartbeats=HeartbeatIngest(db, events),
         )
 
     async def close(self) -> None:

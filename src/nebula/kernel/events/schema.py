@@ -94,6 +94,15 @@ class NodeOffline(Event[NodeOfflineData]):
     topic: Literal["node.offline"] = "node.offline"
 
 
+class NodeOnlineData(BaseModel):
+    node: str
+    previous: str = ""  # the status it came back from: pending, stale or offline
+
+
+class NodeOnline(Event[NodeOnlineData]):
+    topic: Literal["node.online"] = "node.online"
+
+
 class HealthIssueOpenedData(BaseModel):
     issue_id: str
     node: str = ""
@@ -132,6 +141,7 @@ class StreamOnline(Event[StreamOnlineData]):
 EVENT_TYPES: Final[dict[str, type[Event[Any]]]] = {
     "node.heartbeat": NodeHeartbeat,
     "node.offline": NodeOffline,
+    "node.online": NodeOnline,
     "health.issue.opened": HealthIssueOpened,
     "job.progress": JobProgress,
     "stream.online": StreamOnline,

