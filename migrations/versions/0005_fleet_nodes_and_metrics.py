@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("metrics", sa.JSON(), nullable=True),
         sa.Column("services", sa.JSON(), nullable=False),
         sa.Column("containers", sa.JSON(), nullable=True),
+        sa.Column("declared", sa.JSON(), nullable=False),
         sa.Column("mac", sa.String(length=17), nullable=True),
         sa.Column("broadcast", sa.String(length=15), nullable=True),
         sa.Column("wol_port", sa.Integer(), nullable=False),

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 
 from nebula.cli.common import JsonOption, friendly, out, print_json, run, settings_with_schema
+from nebula.fleet import servicemap
+from nebula.fleet.discovery import Discovery, Peer
 from nebula.fleet.schemas import ENVIRONMENTS, NodeInfo
 from nebula.fleet.service import FleetService, parse_node_spec
 from nebula.kernel.audit import Actor
 from nebula.kernel.auth import parse_duration
 from nebula.kernel.db import Database
+from nebula.kernel.errors import InvalidInput
 from nebula.kernel.secrets import SecretStore, load_keyring
 
 node_app = typer.Typer(help="Machines of the fleet: agents and SSH nodes.", no_args_is_help=True)
@@ -174,3 +179,68 @@ def rotate_tokens(name: NodeName) -> None:
 
 def _percent(value: Any) -> str:
     return f"{value:.0f}%" if isinstance(value, int | float) else "-"
+
+
+@node_app.command("import")
+@friendly
+def import_map(
+    path: Annotated[Path, typer.Argument(help="A service-map.yml file.")],
+    dry_run: Annotated[bool, typer.Option(help="Only check the file.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Create or update nodes from a service map (all or nothing)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidInput(f"Cannot read {path}: {err}") from None
+    if dry_run:
+        parsed = servicemap.parse(text)
+        out.print(f"{path} is valid: {len(parsed.nodes)} node(s).", highlight=False)
+        return
+    result = with_fleet(lambda fleet: servicemap.import_map(fleet, Actor.cli(), text))
+    if as_json:
+        print_json(result)
+        return
+    for name in result["updated"]:
+        out.print(f"updated {name}", highlight=False)
+    for name, token in result["created"].items():
+        out.print(f"added {name}" + (f"; enrollment token: {token}" if token else ""))
+
+
+@node_app.command("export")
+@friendly
+def export_map(
+    path: Annotated[
+        Path | None, typer.Argument(help="Write here instead of standard output.")
+    ] = None,
+) -> None:
+    """The fleet as a service map (no secrets)."""
+    text = servicemap.export_map(with_fleet(lambda fleet: fleet.list_nodes()))
+    if path is None:
+        print(text, end="")
+        return
+    path.write_text(text, encoding="utf-8")
+    out.print(f"Wrote {path}.", highlight=False)
+
+
+@node_app.command("discover")
+@friendly
+def discover(
+    capability: Annotated[str, typer.Argument(help="e.g. ollama, gpu, docker, wol-relay.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Where a capability is available, best first, with reachability."""
+    settings = settings_with_schema()
+
+    async def find(fleet: FleetService) -> list[Peer]:
+        return await Discovery(fleet.list_nodes, settings).discover(capability)
+
+    peers = with_fleet(find)
+    if as_json:
+        print_json([asdict(p) for p in peers])
+        return
+    if not peers:
+        out.print(f"No peer offers {capability}.", highlight=False)
+    for p in peers:
+        state = {True: "reachable", False: "unreachable", None: "not probed"}[p.reachable]
+        out.print(f"{p.url}  ({p.node or '-'}, from {p.source}, {state})", highlight=False)

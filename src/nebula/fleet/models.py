@@ -41,6 +41,9 @@ class Node(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     services: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     containers: Mapped[dict[str, int] | None] = mapped_column(JSON, default=None)
+    # What a service map says about the node (services, access addresses, capabilities),
+    # kept apart from what its agent reports so a heartbeat never erases it.
+    declared: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     mac: Mapped[str | None] = mapped_column(String(17), default=None)
     broadcast: Mapped[str | None] = mapped_column(String(15), default=None)
     wol_port: Mapped[int] = mapped_column(default=9)

@@ -94,6 +94,9 @@ class NodeInfo(BaseModel):
     )
     services: list[dict[str, Any]]
     containers: dict[str, int] | None
+    declared: dict[str, Any] = Field(
+        default_factory=dict, description="What the imported service map says about it."
+    )
     mac: str | None
     broadcast: str | None
     wol_port: int

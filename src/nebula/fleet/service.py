@@ -33,7 +33,13 @@ from nebula.fleet.schemas import (
 from nebula.kernel import audit
 from nebula.kernel.audit import Actor
 from nebula.kernel.db import Database, utcnow
-from nebula.kernel.errors import Conflict, InvalidInput, NotFound, Unauthenticated
+from nebula.kernel.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Unauthenticated,
+    validation_problems,
+)
 from nebula.kernel.models import Secret
 from nebula.kernel.secrets import SecretStore
 from nebula.kernel.tokens import RotatingTokenHash, generate_token, hash_token
@@ -72,10 +78,7 @@ def parse_node_spec(**fields: object) -> NodeCreate:
     try:
         return NodeCreate.model_validate(fields)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        )
+        problems = validation_problems(err)
         raise InvalidInput(f"Invalid node: {problems}") from None
 
 

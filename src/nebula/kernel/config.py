@@ -24,7 +24,7 @@ from pydantic_settings import (
 )
 
 from nebula.kernel.environment import detect_environment, read_host_facts
-from nebula.kernel.errors import ConfigurationError
+from nebula.kernel.errors import ConfigurationError, validation_problems
 from nebula.kernel.paths import default_data_dir, environments_dir
 
 ENV_PREFIX = "NEBULA_"
@@ -38,6 +38,7 @@ class Peer(BaseModel):
     name: str
     address: str
     role: str = ""
+    capabilities: list[str] = Field(default_factory=list)
 
 
 class HealthEndpoint(BaseModel):
@@ -220,9 +221,8 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{ENV_PREFIX}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in err.errors()
+        problems = validation_problems(
+            err, separator="_", name=lambda where: f"{ENV_PREFIX}{where.upper()}"
         )
         raise ConfigurationError(f"Invalid settings: {problems}") from err
     except SettingsError as err:  # a list or mapping setting that is not valid JSON

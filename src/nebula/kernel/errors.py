@@ -7,7 +7,10 @@ into these once, at the boundary that called the library.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
+
+from pydantic import ValidationError
 
 
 class NebulaError(Exception):
@@ -94,3 +97,18 @@ class SecretError(NebulaError):
     code = "secret_error"
     status = 500
     default_message = "A stored secret cannot be decrypted with the configured master key."
+
+
+def validation_problems(
+    err: ValidationError,
+    *,
+    separator: str = ".",
+    name: Callable[[str], str] = str,
+    empty: str = "value",
+) -> str:
+    """Every problem pydantic found, on one line: `where: what; where: what`."""
+    return "; ".join(
+        f"{name(separator.join(map(str, e['loc']))) or empty}: "
+        f"{e['msg'].removeprefix('Value error, ')}"
+        for e in err.errors()
+    )
