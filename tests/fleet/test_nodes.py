@@ -171,9 +171,9 @@ async def test_status_goes_stale_then_offline_then_online_once_each(runtime: Run
     _, token = await fleet.add_node(Actor.system(), NodeCreate(name="n1"))
     assert token is not None
     reply = await fleet.enroll(EnrollRequest(token=token))
-    agent = await fleet.authenticate_agent(reply.agent_token)
+    assert (await fleet.authenticate_agent(reply.agent_token)).name == "n1"
     async with runtime.events.subscribe(["node.online", "node.offline"]) as events:
-        await ingest.submit(agent.node_id, agent.name, HeartbeatBody.model_validate(beat()))
+        await ingest.submit(reply.agent_token, HeartbeatBody.model_validate(beat()))
         clock.advance(40)  # one window (30 s) missed, within the slack
         assert await ingest.sweep() == []
         clock.advance(10)  # 50 s > 1.5 windows
@@ -182,7 +182,7 @@ async def test_status_goes_stale_then_offline_then_online_once_each(runtime: Run
         clock.advance(60)  # 110 s > 3.5 windows
         assert [(t.previous, t.status) for t in await ingest.sweep()] == [("stale", "offline")]
         assert await ingest.sweep() == []
-        await ingest.submit(agent.node_id, agent.name, HeartbeatBody.model_validate(beat()))
+        await ingest.submit(reply.agent_token, HeartbeatBody.model_validate(beat()))
         seen = []
         while (event := await events.next_event(0.5)) is not None:
             seen.append((event.topic, event.data.model_dump()))
@@ -202,10 +202,8 @@ async def test_two_sweepers_see_each_transition_once(runtime: Runtime) -> None:
     for name in ("a1", "a2", "a3"):
         _, token = await fleet.add_node(Actor.system(), NodeCreate(name=name))
         assert token is not None
-        agent = await fleet.authenticate_agent(
-            (await fleet.enroll(EnrollRequest(token=token))).agent_token
-        )
-        await one.submit(agent.node_id, agent.name, HeartbeatBody.model_validate(beat()))
+        agent_token = (await fleet.enroll(EnrollRequest(token=token))).agent_token
+        await one.submit(agent_token, HeartbeatBody.model_validate(beat()))
     clock.advance(200)
     first, second = await asyncio.gather(one.sweep(), two.sweep())
     offline = [t.node for t in first + second if t.status == "offline"]
@@ -257,11 +255,9 @@ async def test_rollups_fold_minutes_of_samples(runtime: Runtime) -> None:
     ingest = HeartbeatIngest(runtime.db, clock=clock)
     _, token = await fleet.add_node(Actor.system(), NodeCreate(name="r1"))
     assert token is not None
-    agent = await fleet.authenticate_agent(
-        (await fleet.enroll(EnrollRequest(token=token))).agent_token
-    )
+    agent_token = (await fleet.enroll(EnrollRequest(token=token))).agent_token
     for cpu in (10.0, 30.0, 50.0):  # three samples within 12:00
-        await ingest.submit(agent.node_id, agent.name, HeartbeatBody.model_validate(beat(cpu=cpu)))
+        await ingest.submit(agent_token, HeartbeatBody.model_validate(beat(cpu=cpu)))
         clock.advance(15)
     clock.advance(60)
     assert await ingest.rollup() == 1

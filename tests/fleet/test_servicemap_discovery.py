@@ -135,14 +135,12 @@ async def online_node(runtime: Runtime, name: str, port: int, capability: str) -
         Actor.system(), servicemap._node_create(name, servicemap.NodeSpec(address="127.0.0.1"))
     )
     assert token is not None
-    agent = await runtime.fleet.authenticate_agent(
-        (await runtime.fleet.enroll(EnrollRequest(token=token))).agent_token
-    )
+    agent_token = (await runtime.fleet.enroll(EnrollRequest(token=token))).agent_token
     body = beat(
         capabilities=[capability],
         services=[{"name": capability, "port": port, "up": True}],
     )
-    await runtime.heartbeats.submit(agent.node_id, agent.name, HeartbeatBody.model_validate(body))
+    await runtime.heartbeats.submit(agent_token, HeartbeatBody.model_validate(body))
 
 
 async def test_registry_peers_reachable_first_and_dead_ones_cost_little(

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from nebula.fleet.models import Node, NodeRollup, NodeSample
 from nebula.fleet.schemas import HeartbeatBody
-from nebula.fleet.service import Clock
+from nebula.fleet.service import AgentIdentity, Clock, resolve_agents, unknown_agent
 from nebula.kernel.db import Database, utcnow
 from nebula.kernel.events import (
     EventBus,
@@ -82,19 +82,23 @@ class HeartbeatIngest:
         self.db = db
         self.events = events
         self.clock = clock
-        self._pending: list[tuple[int, str, HeartbeatBody, asyncio.Future[None]]] = []
+        self._pending: list[tuple[str, HeartbeatBody, asyncio.Future[AgentIdentity]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._full = asyncio.Event()
 
-    async def submit(self, node_id: int, name: str, body: HeartbeatBody) -> None:
-        """Record a heartbeat; returns once it is committed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((node_id, name, body, done))
+    async def submit(self, token: str, body: HeartbeatBody) -> AgentIdentity:
+        """Authenticate and record a heartbeat; returns once it is committed.
+
+        Tokens are checked inside the batch, in the same query that finds the nodes,
+        so a removed node or a rotated-out token is refused at once, in every process.
+        """
+        done: asyncio.Future[AgentIdentity] = asyncio.get_running_loop().create_future()
+        self._pending.append((token, body, done))
         if len(self._pending) >= MAX_BATCH:
             self._full.set()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_soon())
-        await done
+        return await done
 
     async def _flush_soon(self) -> None:
         try:
@@ -111,80 +115,67 @@ class HeartbeatIngest:
                 for *_, done in batch:
                     if not done.done():
                         done.set_exception(err)
-                continue
-            for *_, done in batch:
-                if not done.done():
-                    done.set_result(None)
 
-    async def _write(self, batch: Sequence[tuple[int, str, HeartbeatBody, Any]]) -> None:
+    async def _write(
+        self, batch: Sequence[tuple[str, HeartbeatBody, asyncio.Future[AgentIdentity]]]
+    ) -> None:
         now = self.clock()
-        latest: dict[int, tuple[str, HeartbeatBody]] = {}
-        for node_id, name, body, _ in batch:
-            latest[node_id] = (name, body)  # a node twice in one batch: its newest report
-        rows = []
-        samples = []
-        for node_id, (_, body) in latest.items():
-            rows.append(
-                {
-                    "id": node_id,
-                    "hostname": body.hostname,
-                    "os": body.os,
-                    "agent_version": body.agent_version,
-                    "agent_url": body.agent_url,
-                    "capabilities": body.capabilities,
-                    "metrics": body.metrics,
-                    "services": body.services,
-                    "containers": body.containers,
-                    "last_seen": now,
-                }
-            )
-            values = sample_values(body.metrics)
-            if values is not None:
-                samples.append({"node_id": node_id, "at": now, **values})
         async with self.db.begin() as session:
+            agents = {
+                a.token: a for a in await resolve_agents(session, [t for t, *_ in batch], now)
+            }
+            latest: dict[int, tuple[AgentIdentity, HeartbeatBody]] = {}
+            for token, body, done in batch:
+                agent = agents.get(token)
+                if agent is None:
+                    done.set_exception(unknown_agent())
+                else:  # a node twice in one batch: its newest report wins
+                    latest[agent.node_id] = (agent, body)
+            if not latest:
+                return
+            rows, samples = [], []
+            for agent, body in latest.values():
+                rows.append(
+                    {
+                        "id": agent.node_id,
+                        "hostname": body.hostname,
+                        "os": body.os,
+                        "agent_version": body.agent_version,
+                        "agent_url": body.agent_url,
+                        "capabilities": body.capabilities,
+                        "metrics": body.metrics,
+                        "services": body.services,
+                        "containers": body.containers,
+                        "last_seen": now,
+                        "stale_after": now + timedelta(seconds=agent.heartbeat_s * STALE_WINDOWS),
+                        "offline_after": now
+                        + timedelta(seconds=agent.heartbeat_s * OFFLINE_WINDOWS),
+                    }
+                )
+                values = sample_values(body.metrics)
+                if values is not None:
+                    samples.append({"node_id": agent.node_id, "at": now, **values})
             await session.execute(update(Node), rows)
             if samples:
                 await session.execute(insert(NodeSample), samples)
-            windows = (
-                await session.execute(
-                    select(Node.id, Node.heartbeat_s, Node.status).where(Node.id.in_(list(latest)))
-                )
-            ).all()
-            deadlines = [
-                {
-                    "id": node_id,
-                    "stale_after": now + timedelta(seconds=beat * STALE_WINDOWS),
-                    "offline_after": now + timedelta(seconds=beat * OFFLINE_WINDOWS),
-                }
-                for node_id, beat, _ in windows
-            ]
-            await session.execute(update(Node), deadlines)
             came_back = []
-            for node_id, _, status in windows:
-                if status == "online":
+            for agent, _ in latest.values():
+                if agent.status == "online":
                     continue
                 changed = await session.execute(
                     update(Node)
-                    .where(Node.id == node_id, Node.status == status)
+                    .where(Node.id == agent.node_id, Node.status == agent.status)
                     .values(status="online", status_changed_at=now)
                 )
                 if changed.rowcount:  # type: ignore[attr-defined]
-                    came_back.append(Transition(latest[node_id][0], status, "online"))
+                    came_back.append(Transition(agent.name, agent.status, "online"))
+        for token, _, done in batch:
+            if not done.done():
+                done.set_result(agents[token])
         await self._announce(came_back)
         if self.events is not None:
-            for name, body in latest.values():
-                metrics = body.metrics or {}
-                await self._publish(
-                    NodeHeartbeat(
-                        source="fleet",
-                        data=NodeHeartbeatData(
-                            node=name,
-                            cpu_percent=_number(metrics.get("cpu_percent")),
-                            memory_percent=_number((metrics.get("memory") or {}).get("percent")),
-                            uptime_s=_integer(metrics.get("uptime_s")),
-                        ),
-                    )
-                )
+            for agent, body in latest.values():
+                await self._publish(heartbeat_event(agent.name, body.metrics or {}))
 
     async def sweep(self, now: datetime | None = None) -> list[Transition]:
         """Mark nodes whose heartbeats stopped; returns the transitions made here."""
@@ -314,6 +305,19 @@ async def watch(
                 await stop.wait()
         except TimeoutError:
             pass
+
+
+def heartbeat_event(node: str, metrics: dict[str, Any]) -> NodeHeartbeat:
+    memory = metrics.get("memory") or {}
+    return NodeHeartbeat(
+        source="fleet",
+        data=NodeHeartbeatData(
+            node=node,
+            cpu_percent=_number(metrics.get("cpu_percent")),
+            memory_percent=_number(memory.get("percent") if isinstance(memory, dict) else None),
+            uptime_s=_integer(metrics.get("uptime_s")),
+        ),
+    )
 
 
 def _number(value: Any) -> float | None:

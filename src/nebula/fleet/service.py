@@ -11,7 +11,7 @@ Three tokens keep a node honest:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
@@ -53,11 +53,56 @@ Clock = Callable[[], datetime]
 
 @dataclass(frozen=True)
 class AgentIdentity:
+    token: str
     node_id: int
     name: str
+    status: str
     heartbeat_s: int
     rotation_due: bool
     used_previous: bool
+
+
+def unknown_agent() -> Unauthenticated:
+    return Unauthenticated(
+        "The control plane does not know this agent token.",
+        hint="Enroll the agent again with `nebula agent enroll`.",
+    )
+
+
+async def resolve_agents(
+    session: AsyncSession, tokens: Sequence[str], now: datetime
+) -> list[AgentIdentity]:
+    """The nodes signing with these agent tokens, in one query (unknown ones left out).
+    A previous token counts only inside its rotation's grace window."""
+    digests = {hash_token(t): t for t in tokens if t.startswith("nbn_")}
+    if not digests:
+        return []
+    rows = await session.execute(
+        select(
+            Node.id,
+            Node.name,
+            Node.status,
+            Node.heartbeat_s,
+            Node.rotate_requested,
+            Node.agent_token_hash,
+            Node.agent_token_prev_hash,
+            Node.agent_token_prev_until,
+        ).where(
+            or_(
+                Node.agent_token_hash.in_(list(digests)),
+                Node.agent_token_prev_hash.in_(list(digests)),
+            )
+        )
+    )
+    found = []
+    for node_id, name, status, beat, rotate, current, previous, until in rows:
+        if current in digests:
+            found.append(
+                AgentIdentity(digests[current], node_id, name, status, beat, rotate, False)
+            )
+        elif previous in digests and until is not None and until > now:
+            found.append(AgentIdentity(digests[previous], node_id, name, status, beat, True, True))
+    return found
 
 
 def control_secret_name(node: str) -> str:
@@ -233,35 +278,11 @@ class FleetService:
 
     async def authenticate_agent(self, token: str) -> AgentIdentity:
         """Who signs with this agent token; `Unauthenticated` when nobody does."""
-        if not token.startswith("nbn_"):
-            raise Unauthenticated("This agent token is not valid.")
-        digest = hash_token(token)
-        now = self.clock()
         async with self.db.begin() as session:
-            row = (
-                await session.execute(
-                    select(
-                        Node.id,
-                        Node.name,
-                        Node.agent_token_hash,
-                        Node.rotate_requested,
-                        Node.heartbeat_s,
-                    ).where(
-                        or_(
-                            Node.agent_token_hash == digest,
-                            (Node.agent_token_prev_hash == digest)
-                            & (Node.agent_token_prev_until > now),
-                        )
-                    )
-                )
-            ).first()
-        if row is None:
-            raise Unauthenticated(
-                "The control plane does not know this agent token.",
-                hint="Enroll the agent again with `nebula agent enroll`.",
-            )
-        used_previous = row[2] != digest
-        return AgentIdentity(row[0], row[1], row[4], row[3] or used_previous, used_previous)
+            found = await resolve_agents(session, [token], self.clock())
+        if not found:
+            raise unknown_agent()
+        return found[0]
 
     async def request_rotation(self, actor: Actor, name: str) -> None:
         """New tokens go to the agent in its next heartbeat reply."""

@@ -40,6 +40,7 @@ MAX_PASSWORD_CHARS: Final = 1024  # argon2 cost grows with input; refuse absurd 
 USERNAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_DURATION: Final = timedelta(days=10 * 366)  # keeps now() + duration a valid datetime
 TOKEN_TOUCH_INTERVAL: Final = timedelta(minutes=1)  # limits writes for busy API clients
+API_TOKEN_KIND: Final = "nbl"
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended costs
 
@@ -330,7 +331,7 @@ class AuthService:
     ) -> tuple[str, TokenInfo]:
         """Issue a bearer token; the plain value is returned here and never again."""
         checked_scopes = parse_scopes(scopes or [])
-        token = generate_token("nbl")
+        token = generate_token(API_TOKEN_KIND)
         async with self.db.begin() as session:
             user = await self._get_user(session, username)
             row = ApiToken(
@@ -361,6 +362,8 @@ class AuthService:
             return [self._token_info(r, r.user.username) for r in rows]
 
     async def resolve_api_token(self, token: str) -> Principal | None:
+        if not token.startswith(f"{API_TOKEN_KIND}_"):
+            return None  # another kind of token (an agent's, say): no lookup needed
         now = utcnow()
         async with self.db.begin() as session:
             row = await session.scalar(

@@ -99,7 +99,6 @@ async def heartbeat(
     token = bearer_token(request)
     if not token:
         raise Unauthenticated("Send the agent token as `Authorization: Bearer nbn_...`.")
-    agent = await runtime.fleet.authenticate_agent(token)
-    await runtime.heartbeats.submit(agent.node_id, agent.name, body)
+    agent = await runtime.heartbeats.submit(token, body)
     rotation = await runtime.fleet.rotate(agent) if agent.rotation_due else None
     return HeartbeatReply(heartbeat_s=agent.heartbeat_s, rotate=rotation)
