@@ -28,6 +28,7 @@ from nebula.fleet.schemas import HeartbeatBody
 from nebula.fleet.service import AgentIdentity, Clock, resolve_agents, unknown_agent
 from nebula.kernel.db import Database, utcnow
 from nebula.kernel.events import (
+    Event,
     EventBus,
     NodeHeartbeat,
     NodeHeartbeatData,
@@ -85,6 +86,8 @@ class HeartbeatIngest:
         self._pending: list[tuple[str, HeartbeatBody, asyncio.Future[AgentIdentity]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._full = asyncio.Event()
+        self._outgoing: asyncio.Queue[Event[Any]] = asyncio.Queue()
+        self._publisher: asyncio.Task[None] | None = None
 
     async def submit(self, token: str, body: HeartbeatBody) -> AgentIdentity:
         """Authenticate and record a heartbeat; returns once it is committed.
@@ -158,24 +161,31 @@ class HeartbeatIngest:
             await session.execute(update(Node), rows)
             if samples:
                 await session.execute(insert(NodeSample), samples)
+            returning = [a for a, _ in latest.values() if a.status != "online"]
             came_back = []
-            for agent, _ in latest.values():
-                if agent.status == "online":
-                    continue
-                changed = await session.execute(
-                    update(Node)
-                    .where(Node.id == agent.node_id, Node.status == agent.status)
-                    .values(status="online", status_changed_at=now)
+            if returning:
+                # Conditional, so of two processes taking the same node's first heartbeat
+                # only one sees the change and announces it.
+                changed = set(
+                    await session.scalars(
+                        update(Node)
+                        .where(Node.id.in_([a.node_id for a in returning]), Node.status != "online")
+                        .values(status="online", status_changed_at=now)
+                        .returning(Node.id)
+                    )
                 )
-                if changed.rowcount:  # type: ignore[attr-defined]
-                    came_back.append(Transition(agent.name, agent.status, "online"))
+                came_back = [
+                    Transition(a.name, a.status, "online")
+                    for a in returning
+                    if a.node_id in changed
+                ]
         for token, _, done in batch:
             if not done.done():
                 done.set_result(agents[token])
-        await self._announce(came_back)
+        self._announce(came_back)
         if self.events is not None:
             for agent, body in latest.values():
-                await self._publish(heartbeat_event(agent.name, body.metrics or {}))
+                self._publish(heartbeat_event(agent.name, body.metrics or {}))
 
     async def sweep(self, now: datetime | None = None) -> list[Transition]:
         """Mark nodes whose heartbeats stopped; returns the transitions made here."""
@@ -196,34 +206,47 @@ class HeartbeatIngest:
                         )
                     ).all()
                     transitions += [Transition(n, source, target) for n in names]
-        await self._announce(transitions)
+        self._announce(transitions)
         return transitions
 
-    async def _announce(self, transitions: Sequence[Transition]) -> None:
+    def _announce(self, transitions: Sequence[Transition]) -> None:
         for change in transitions:
             log.info("node %s: %s -> %s", change.node, change.previous, change.status)
             if change.status == "online":
-                await self._publish(
+                self._publish(
                     NodeOnline(
                         source="fleet",
                         data=NodeOnlineData(node=change.node, previous=change.previous),
                     )
                 )
             elif change.status == "offline":
-                await self._publish(
+                self._publish(
                     NodeOffline(
                         source="fleet",
                         data=NodeOfflineData(node=change.node, reason="heartbeats stopped"),
                     )
                 )
 
-    async def _publish(self, event: Any) -> None:
+    def _publish(self, event: Event[Any]) -> None:
+        """Events go out in order from one task, off the path that acknowledges agents."""
         if self.events is None:
             return
-        try:
-            await self.events.publish(event)
-        except Exception as err:  # the state change is committed; a lost live update is not fatal
-            log.warning("could not publish %s: %s", event.topic, err)
+        self._outgoing.put_nowait(event)
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._publish_all(self.events))
+
+    async def _publish_all(self, bus: EventBus) -> None:
+        while not self._outgoing.empty():
+            event = self._outgoing.get_nowait()
+            try:
+                await bus.publish(event)
+            except Exception as err:  # the change is committed; only its announcement is lost
+                log.warning("could not publish %s: %s", event.topic, err)
+
+    async def aclose(self) -> None:
+        """Finish announcing what was committed."""
+        if self._publisher is not None:
+            await self._publisher
 
     async def rollup(self, now: datetime | None = None) -> int:
         """Fold finished minutes of raw samples into rollups; prune old data."""

@@ -22,7 +22,7 @@ from nebula.kernel.config import Settings
 from nebula.kernel.errors import DatabaseUnavailable
 from nebula.kernel.jobs import Scheduler, Worker, WorkerStats
 from nebula.kernel.rbac import Permission
-from nebula.web import api, events_api, fleet_api, jobs_api, jobs_pages, metrics, pages
+from nebula.web import agents_api, api, events_api, fleet_api, jobs_api, jobs_pages, metrics, pages
 from nebula.web.deps import RuntimeDep, csrf_protect, require
 from nebula.web.errors import install_error_handlers
 from nebula.web.runtime import Runtime
@@ -105,6 +105,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(events_api.router)
     app.include_router(jobs_api.router)
     app.include_router(fleet_api.router)
+    app.include_router(agents_api.router)
     app.include_router(jobs_pages.router)
     app.include_router(pages.router)  # last: it ends with the catch-all /{area}
     return app

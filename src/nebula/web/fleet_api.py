@@ -1,28 +1,21 @@
-"""The fleet over HTTP: nodes for people and scripts (/api/v1/nodes), and the two
-calls agents make (/api/v1/agents/enroll, /api/v1/agents/heartbeat) with their own
-tokens instead of a user's."""
+"""The fleet over HTTP for people and scripts: /api/v1/nodes (agents' own calls are in
+agents_api.py)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from nebula.fleet.schemas import (
-    EnrollReply,
-    EnrollRequest,
-    HeartbeatBody,
-    HeartbeatReply,
     NodeCreate,
     NodeInfo,
     NodeList,
 )
-from nebula.kernel.audit import Actor, record_alone
 from nebula.kernel.auth import Principal
-from nebula.kernel.errors import Unauthenticated
 from nebula.kernel.rbac import Permission
-from nebula.web.deps import RuntimeDep, actor_for, bearer_token, client_ip, require
+from nebula.web.deps import RuntimeDep, actor_for, require
 
 router = APIRouter(tags=["fleet"])
 FleetReader = Annotated[Principal, Depends(require(Permission.FLEET_READ))]
@@ -72,33 +65,3 @@ async def rotate_tokens(
     """New agent and control tokens, handed over in the agent's next heartbeat."""
     await runtime.fleet.request_rotation(actor_for(principal, request), name)
     return {"status": "requested"}
-
-
-# agents ---------------------------------------------------------------------------
-
-
-@router.post("/api/v1/agents/enroll")
-async def enroll(
-    request: Request, runtime: RuntimeDep, hello: Annotated[EnrollRequest, Body()]
-) -> EnrollReply:
-    """An agent trades its one-time enrollment token for its own tokens."""
-    try:
-        return await runtime.fleet.enroll(hello)
-    except Unauthenticated:
-        await record_alone(
-            runtime.db, Actor("agent", client_ip(request)), "node.enroll", "node:?", "denied"
-        )
-        raise
-
-
-@router.post("/api/v1/agents/heartbeat")
-async def heartbeat(
-    request: Request, runtime: RuntimeDep, body: Annotated[HeartbeatBody, Body()]
-) -> HeartbeatReply:
-    """An agent's periodic report: status, capabilities, metrics, services."""
-    token = bearer_token(request)
-    if not token:
-        raise Unauthenticated("Send the agent token as `Authorization: Bearer nbn_...`.")
-    agent = await runtime.heartbeats.submit(token, body)
-    rotation = await runtime.fleet.rotate(agent) if agent.rotation_due else None
-    return HeartbeatReply(heartbeat_s=agent.heartbeat_s, rotate=rotation)

@@ -48,13 +48,18 @@ class Runtime:
             secrets=secrets,
             events=events,
             jobs=JobQueue(
-                db, default_registry(), Wakeup.for_database(db.url), lease_s=settings.job_lease_s
+                db,
+                default_registry(),
+                Wakeup.for_database(db.url),
+                lease_s=settings.job_lease_s,
+                bus=events,
             ),
             fleet=FleetService(db, secrets),
             heartbeats=HeartbeatIngest(db, events),
         )
 
     async def close(self) -> None:
+        await self.heartbeats.aclose()
         await self.events.aclose()
         await self.http.aclose()
         await self.db.dispose()
