@@ -48,11 +48,7 @@ class Runtime:
             secrets=secrets,
             events=events,
             jobs=JobQueue(
-                db,
-                default_registry(),
-                Wakeup.for_database(db.url),
-                lease_s=settings.job_lease_s,
-                bus=events,
+                db, default_registry(), Wakeup.for_database(db.url), lease_s=settings.job_lease_s
             ),
             fleet=FleetService(db, secrets),
             heartbeats=HeartbeatIngest(db, events),
