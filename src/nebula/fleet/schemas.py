@@ -102,6 +102,7 @@ class NodeInfo(BaseModel):
     wol_port: int
     ssh_user: str | None
     ssh_port: int
+    ssh_host_key: str | None = None
     enrolled: bool
     created_at: datetime
 

@@ -217,6 +217,33 @@ class FleetService:
             audit.record(session, actor, "node.wake_target", f"node:{name}", mac=spec.mac)
             return node_info(row)
 
+    async def set_ssh_key(
+        self, actor: Actor, name: str, key_text: str, passphrase: str | None = None
+    ) -> None:
+        """Store an SSH node's private key, encrypted; it must load (OpenSSH or PEM)."""
+        from nebula.fleet.ssh_keys import load_private_key  # asyncssh only where needed
+
+        load_private_key(key_text, passphrase)
+        async with self.db.begin() as session:
+            row = await self._load(session, name)
+            if row.kind != "ssh":
+                raise InvalidInput(f"Node {name} runs an agent; it needs no SSH key.")
+            await self.secrets.put(session, actor, f"{name}.ssh-key", key_text, SECRETS_SCOPE)
+            if passphrase:
+                await self.secrets.put(
+                    session, actor, f"{name}.ssh-passphrase", passphrase, SECRETS_SCOPE
+                )
+            audit.record(session, actor, "node.ssh_key", f"node:{name}")
+
+    async def pin_host_key(self, name: str, host_key: str) -> None:
+        """Remember an SSH node's host key the first time it is seen."""
+        async with self.db.begin() as session:
+            await session.execute(
+                update(Node)
+                .where(Node.name == name, Node.ssh_host_key.is_(None))
+                .values(ssh_host_key=host_key)
+            )
+
     async def _load(self, session: AsyncSession, name: str) -> Node:
         if not NODE_NAME_RE.match(name):
             raise NotFound(f"No node named {name!r}.")

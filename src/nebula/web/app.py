@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute
 from nebula import __version__
 from nebula.agent.collectors import prime_cpu
 from nebula.fleet.heartbeats import watch as fleet_watch
+from nebula.fleet.jobs import FLEET_CAPABILITY
 from nebula.kernel.auth import Principal
 from nebula.kernel.config import Settings
 from nebula.kernel.errors import DatabaseUnavailable
@@ -120,6 +121,7 @@ def _start_workers(runtime: Runtime, stop: asyncio.Event) -> asyncio.Task[Worker
         queue,
         queue.registry,
         concurrency=runtime.settings.worker_concurrency,
+        capabilities=[FLEET_CAPABILITY],
         scheduler=Scheduler(queue),
     )
     return asyncio.create_task(worker.run(stop), name="nebula-worker")

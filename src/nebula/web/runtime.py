@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 import httpx
 
 from nebula import __version__
+from nebula.fleet.agent_client import AgentClient
+from nebula.fleet.control import FleetControl
 from nebula.fleet.heartbeats import HeartbeatIngest
+from nebula.fleet.jobs import register_fleet_jobs
 from nebula.fleet.service import FleetService
+from nebula.fleet.ssh import SshPool
 from nebula.kernel.auth import AuthService
 from nebula.kernel.config import Settings
 from nebula.kernel.db import Database
@@ -29,6 +33,7 @@ class Runtime:
     jobs: JobQueue
     fleet: FleetService
     heartbeats: HeartbeatIngest
+    control: FleetControl
     version: str = __version__
     started_at: float = field(default_factory=time.time)
 
@@ -40,6 +45,10 @@ class Runtime:
         )
         secrets = SecretStore(db, load_keyring(settings))
         events = build_event_bus(settings, db)
+        fleet = FleetService(db, secrets)
+        agents = AgentClient(http, fleet)
+        registry = default_registry()
+        register_fleet_jobs(registry, fleet, agents)
         return cls(
             settings=settings,
             db=db,
@@ -48,14 +57,19 @@ class Runtime:
             secrets=secrets,
             events=events,
             jobs=JobQueue(
-                db, default_registry(), Wakeup.for_database(db.url), lease_s=settings.job_lease_s
+                db,
+                registry,
+                Wakeup.for_database(db.url),
+                lease_s=settings.job_lease_s,
             ),
-            fleet=FleetService(db, secrets),
+            fleet=fleet,
             heartbeats=HeartbeatIngest(db, events),
+            control=FleetControl(fleet, agents, SshPool()),
         )
 
     async def close(self) -> None:
         await self.heartbeats.aclose()
+        await self.control.ssh.aclose()
         await self.events.aclose()
         await self.http.aclose()
         await self.db.dispose()
