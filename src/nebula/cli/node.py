@@ -8,14 +8,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 from rich.table import Table
 
-from nebula.cli.common import JsonOption, friendly, out, print_json, run, settings_with_schema
+from nebula.cli.common import (
+    JsonOption,
+    err_console,
+    friendly,
+    out,
+    print_json,
+    read_stdin_value,
+    run,
+    settings_with_schema,
+)
 from nebula.fleet import servicemap
+from nebula.fleet.agent_client import AgentClient, NodeUnreachable
+from nebula.fleet.control import FleetControl
 from nebula.fleet.discovery import Discovery, Peer
 from nebula.fleet.schemas import ENVIRONMENTS, NodeInfo
 from nebula.fleet.service import FleetService, parse_node_spec
+from nebula.fleet.ssh import SshPool
+from nebula.fleet.wake import wake
 from nebula.kernel.audit import Actor
 from nebula.kernel.auth import parse_duration
 from nebula.kernel.db import Database
@@ -244,3 +258,95 @@ def discover(
     for p in peers:
         state = {True: "reachable", False: "unreachable", None: "not probed"}[p.reachable]
         out.print(f"{p.url}  ({p.node or '-'}, from {p.source}, {state})", highlight=False)
+
+
+def with_control(work: Callable[[FleetService, FleetControl], Awaitable[T]]) -> T:
+    """Like `with_fleet`, with the clients that reach nodes (agents over HTTP, SSH)."""
+
+    async def session(fleet: FleetService) -> T:
+        async with httpx.AsyncClient() as http:
+            control = FleetControl(fleet, AgentClient(http, fleet), SshPool())
+            try:
+                return await work(fleet, control)
+            finally:
+                await control.ssh.aclose()
+
+    return with_fleet(session)
+
+
+def parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--param {pair!r}: use KEY=VALUE.")
+        params[key] = value
+    return params
+
+
+@node_app.command("exec")
+@friendly
+def exec_action(
+    name: NodeName,
+    action: Annotated[str, typer.Argument(help="An allow-listed action of that node.")],
+    param: Annotated[
+        list[str] | None, typer.Option(help="A parameter as KEY=VALUE (repeatable).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run an allow-listed action on a node (never a free-form command)."""
+    params = parse_params(param or [])
+    result = with_control(lambda _, control: control.execute(Actor.cli(), name, action, params))
+    if as_json:
+        print_json(result)
+    else:
+        if result.get("stdout"):
+            print(result["stdout"], end="" if result["stdout"].endswith("\n") else "\n")
+        if result.get("stderr"):
+            err_console.print(result["stderr"], end="", highlight=False, markup=False)
+    code = result.get("exit_code")
+    if isinstance(code, int) and code != 0:
+        raise typer.Exit(1)
+
+
+@node_app.command("wake")
+@friendly
+def wake_node(
+    name: NodeName,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it.", min=5)] = 180,
+) -> None:
+    """Send a wake-on-LAN packet (directly or through a relay agent) and wait for the node."""
+
+    async def say(percent: int, message: str) -> None:
+        err_console.print(f"[{percent:3d}%] {message}", highlight=False)
+
+    result = with_control(
+        lambda fleet, control: wake(
+            fleet, control.agents, Actor.cli(), name, timeout_s=timeout, progress=say
+        )
+    )
+    if not result.awake:
+        raise NodeUnreachable(f"{name} did not answer within {timeout:.0f} s.")
+    if result.sent_via:
+        out.print(f"{name} is up ({result.seconds:.0f} s, sent {result.sent_via}).")
+    else:
+        out.print(f"{name} is already online.")
+
+
+@node_app.command("set-ssh-key")
+@friendly
+def set_ssh_key(
+    name: NodeName,
+    key_file: Annotated[Path, typer.Argument(help="Private key file (OpenSSH or PEM).")],
+    passphrase_stdin: Annotated[
+        bool, typer.Option(help="Read the key's passphrase from standard input.")
+    ] = False,
+) -> None:
+    """Store an SSH node's private key, encrypted at rest."""
+    try:
+        key_text = key_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidInput(f"Cannot read {key_file}: {err}") from None
+    passphrase = read_stdin_value("passphrase") if passphrase_stdin else None
+    with_fleet(lambda fleet: fleet.set_ssh_key(Actor.cli(), name, key_text, passphrase))
+    out.print(f"Stored the SSH key for {name}.", highlight=False)

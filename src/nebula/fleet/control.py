@@ -151,7 +151,7 @@ class FleetControl:
             }
 
         result: dict[str, Any] = await self._audited(
-            actor, "node.exec", f"node:{name}", work, action=action, params=params
+            actor, "node.exec", f"node:{name}", work, command=action, params=params
         )
         return result
 
