@@ -186,6 +186,7 @@ async def test_status_goes_stale_then_offline_then_online_once_each(runtime: Run
         seen = []
         while (event := await events.next_event(0.5)) is not None:
             seen.append((event.topic, event.data.model_dump()))
+    await ingest.aclose()
     assert seen == [
         ("node.online", {"node": "n1", "previous": "pending"}),
         ("node.offline", {"node": "n1", "last_seen": None, "reason": "heartbeats stopped"}),
@@ -206,6 +207,8 @@ async def test_two_sweepers_see_each_transition_once(runtime: Runtime) -> None:
         await one.submit(agent_token, HeartbeatBody.model_validate(beat()))
     clock.advance(200)
     first, second = await asyncio.gather(one.sweep(), two.sweep())
+    await one.aclose()
+    await two.aclose()
     offline = [t.node for t in first + second if t.status == "offline"]
     assert sorted(offline) == ["a1", "a2", "a3"]
 
@@ -260,6 +263,7 @@ async def test_rollups_fold_minutes_of_samples(runtime: Runtime) -> None:
         await ingest.submit(agent_token, HeartbeatBody.model_validate(beat(cpu=cpu)))
         clock.advance(15)
     clock.advance(60)
+    await ingest.aclose()
     assert await ingest.rollup() == 1
     assert await ingest.rollup() == 0  # nothing new to fold
     async with runtime.db.begin() as session:

@@ -10,9 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from nebula import __version__
 from nebula.agent.collectors import prime_cpu
@@ -23,7 +22,17 @@ from nebula.kernel.config import Settings
 from nebula.kernel.errors import DatabaseUnavailable
 from nebula.kernel.jobs import Scheduler, Worker, WorkerStats
 from nebula.kernel.rbac import Permission
-from nebula.web import agents_api, api, events_api, fleet_api, jobs_api, jobs_pages, metrics, pages
+from nebula.web import (
+    agents_api,
+    api,
+    events_api,
+    fleet_api,
+    fleet_pages,
+    jobs_api,
+    jobs_pages,
+    metrics,
+    pages,
+)
 from nebula.web.deps import RuntimeDep, csrf_protect, require
 from nebula.web.errors import install_error_handlers
 from nebula.web.runtime import Runtime
@@ -47,10 +56,11 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
 )
 
 
-def iter_api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
-    """Every API route, also inside included routers (which FastAPI may keep nested)."""
+def iter_api_routes(routes: Iterable[BaseRoute]) -> Iterator[Route]:
+    """Every route with a path and methods (API routes and bare ASGI ones), also inside
+    included routers (which FastAPI may keep nested)."""
     for route in routes:
-        if isinstance(route, APIRoute):
+        if isinstance(route, Route):
             yield route
         nested = getattr(route, "original_router", None)
         if nested is not None:
@@ -107,7 +117,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(jobs_api.router)
     app.include_router(fleet_api.router)
     app.include_router(agents_api.router)
+    app.router.routes.insert(0, agents_api.heartbeat_route())  # the busiest route: matched first
     app.include_router(jobs_pages.router)
+    app.include_router(fleet_pages.router)
     app.include_router(pages.router)  # last: it ends with the catch-all /{area}
     return app
 

@@ -55,6 +55,11 @@ def _error_response(
 
 async def _nebula_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, NebulaError)
+    return await nebula_error_response(request, exc)
+
+
+async def nebula_error_response(request: Request, exc: NebulaError) -> Response:
+    """Our error as the caller wants it: JSON for the API, a page or a redirect for people."""
     if isinstance(exc, Unauthenticated) and not wants_json(request):
         if request.method != "GET":  # a form's address is no page to come back to
             return RedirectResponse("/login", status_code=303)
