@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nebula import __version__
+from nebula.cli.agent import agent_app
 from nebula.cli.common import (
     JsonOption,
     ask_password,
@@ -50,6 +51,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(secrets_app, name="secrets")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(node_app, name="node")
+app.add_typer(agent_app, name="agent")
 app.command("worker")(worker)
 
 # serve / db / version -----------------------------------------------------------

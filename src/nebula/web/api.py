@@ -61,7 +61,7 @@ async def system_status(runtime: Runtime) -> SystemPublic:
     except DatabaseUnavailable as err:
         database = DatabaseStatus(ok=False, error=err.message)
     return SystemPublic(
-        **snapshot(runtime.settings.data_dir).model_dump(),
+        **snapshot(runtime.settings.data_dir),
         env=runtime.settings.env,
         nebula_version=runtime.version,
         process_uptime_s=int(time.time() - runtime.started_at),

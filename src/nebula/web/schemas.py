@@ -6,8 +6,6 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nebula.agent.collectors import SystemSnapshot
-
 
 class MePublic(BaseModel):
     username: str
@@ -23,7 +21,44 @@ class DatabaseStatus(BaseModel):
     error: str | None = None
 
 
-class SystemPublic(SystemSnapshot):
+class MemoryPublic(BaseModel):
+    total: int
+    available: int
+    used: int
+    percent: float
+
+
+class DiskPublic(BaseModel):
+    path: str
+    total: int
+    used: int
+    free: int
+    percent: float
+
+
+class GpuPublic(BaseModel):
+    index: int
+    name: str
+    memory_total: int
+    memory_used: int
+    utilization: float
+    temperature: float | None
+
+
+class SystemPublic(BaseModel):
+    """This machine's reading (the agent's `MetricsSample`) and the dashboard's own status."""
+
+    hostname: str
+    platform: str
+    cpu_percent: float
+    cpu_count: int
+    load_avg: list[float]
+    memory: MemoryPublic
+    disk: DiskPublic
+    gpus: list[GpuPublic]
+    uptime_s: int
+    boot_time: float
+    taken_at: float
     env: str
     nebula_version: str
     process_uptime_s: int
