@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -47,6 +47,8 @@ MAX_BATCH: Final = 1000
 BATCH_WAIT_S: Final = 0.005
 SWEEP_EVERY_S: Final = 2.0
 ROLLUP_EVERY_S: Final = 60.0
+POLL_EVERY_S: Final = 30.0
+Sender = str | AgentIdentity  # an agent token, or a node whose report we pulled ourselves
 
 
 @dataclass(frozen=True)
@@ -84,20 +86,21 @@ class HeartbeatIngest:
         self.events = events
         self.clock = clock
         self._sqlite = is_sqlite(db.url)
-        self._pending: list[tuple[str, HeartbeatBody, asyncio.Future[AgentIdentity]]] = []
+        self._pending: list[tuple[Sender, HeartbeatBody, asyncio.Future[AgentIdentity]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._full = asyncio.Event()
         self._outgoing: asyncio.Queue[Event[Any]] = asyncio.Queue()
         self._publisher: asyncio.Task[None] | None = None
 
-    async def submit(self, token: str, body: HeartbeatBody) -> AgentIdentity:
-        """Authenticate and record a heartbeat; returns once it is committed.
+    async def submit(self, sender: Sender, body: HeartbeatBody) -> AgentIdentity:
+        """Record a heartbeat from an agent's token (or, for a report the control plane
+        pulled itself, from the node's identity); returns once it is committed.
 
         Tokens are checked inside the batch, in the same query that finds the nodes,
         so a removed node or a rotated-out token is refused at once, in every process.
         """
         done: asyncio.Future[AgentIdentity] = asyncio.get_running_loop().create_future()
-        self._pending.append((token, body, done))
+        self._pending.append((sender, body, done))
         if len(self._pending) >= MAX_BATCH:
             self._full.set()
         if self._flusher is None or self._flusher.done():
@@ -121,7 +124,7 @@ class HeartbeatIngest:
                         done.set_exception(err)
 
     async def _write(
-        self, batch: Sequence[tuple[str, HeartbeatBody, asyncio.Future[AgentIdentity]]]
+        self, batch: Sequence[tuple[Sender, HeartbeatBody, asyncio.Future[AgentIdentity]]]
     ) -> None:
         now = self.clock()
         async with self.db.begin() as session:
@@ -129,12 +132,11 @@ class HeartbeatIngest:
                 # A heartbeat lost in a server crash is replaced by the next one within
                 # seconds; not waiting for the WAL flush is what lets batches keep up.
                 await session.execute(text("SET LOCAL synchronous_commit = off"))
-            agents = {
-                a.token: a for a in await resolve_agents(session, [t for t, *_ in batch], now)
-            }
+            tokens = [sender for sender, *_ in batch if isinstance(sender, str)]
+            agents = {a.token: a for a in await resolve_agents(session, tokens, now)}
             latest: dict[int, tuple[AgentIdentity, HeartbeatBody]] = {}
-            for token, body, done in batch:
-                agent = agents.get(token)
+            for sender, body, done in batch:
+                agent = sender if isinstance(sender, AgentIdentity) else agents.get(sender)
                 if agent is None:
                     done.set_exception(unknown_agent())
                 else:  # a node twice in one batch: its newest report wins
@@ -184,9 +186,9 @@ class HeartbeatIngest:
                     for a in returning
                     if a.node_id in changed
                 ]
-        for token, _, done in batch:
+        for sender, _, done in batch:
             if not done.done():
-                done.set_result(agents[token])
+                done.set_result(sender if isinstance(sender, AgentIdentity) else agents[sender])
         self._announce(came_back)
         if self.events is not None:
             for agent, body in latest.values():
@@ -317,12 +319,16 @@ async def watch(
     ingest: HeartbeatIngest,
     stop: asyncio.Event,
     *,
+    poll: Callable[[], Coroutine[Any, Any, int]] | None = None,
     sweep_every_s: float = SWEEP_EVERY_S,
     rollup_every_s: float = ROLLUP_EVERY_S,
+    poll_every_s: float = POLL_EVERY_S,
 ) -> None:
-    """The fleet's housekeeping inside `nebula serve`: status sweeps and rollups."""
-    next_rollup = 0.0
+    """The fleet's housekeeping inside `nebula serve`: status sweeps, rollups, and
+    reading the nodes that have no agent (`poll`)."""
     loop = asyncio.get_running_loop()
+    next_rollup = next_poll = 0.0
+    polling: asyncio.Task[int] | None = None
     while not stop.is_set():
         try:
             await ingest.sweep()
@@ -331,11 +337,17 @@ async def watch(
                 next_rollup = loop.time() + rollup_every_s
         except Exception as err:  # a database outage pauses housekeeping, never ends it
             log.warning("fleet housekeeping failed: %s", err)
+        if poll is not None and loop.time() >= next_poll and (polling is None or polling.done()):
+            polling = asyncio.create_task(poll())  # slow nodes never delay the sweep
+            next_poll = loop.time() + poll_every_s
         try:
             async with asyncio.timeout(sweep_every_s):
                 await stop.wait()
         except TimeoutError:
             pass
+    if polling is not None:
+        polling.cancel()
+        await asyncio.gather(polling, return_exceptions=True)
 
 
 def heartbeat_event(node: str, metrics: dict[str, Any]) -> NodeHeartbeat:

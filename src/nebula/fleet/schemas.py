@@ -76,6 +76,7 @@ class NodeCreate(BaseModel):
 class NodeInfo(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
+    id: int
     name: str
     kind: str
     environment: str

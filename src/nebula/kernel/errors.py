@@ -8,9 +8,10 @@ into these once, at the boundary that called the library.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import ValidationError
+if TYPE_CHECKING:  # the node agent imports this module and must not load pydantic
+    from pydantic import ValidationError
 
 
 class NebulaError(Exception):
