@@ -17,6 +17,7 @@ from nebula import __version__
 from nebula.agent.collectors import prime_cpu
 from nebula.fleet.heartbeats import watch as fleet_watch
 from nebula.fleet.jobs import FLEET_CAPABILITY
+from nebula.fleet.ssh_poll import poll_ssh_nodes
 from nebula.kernel.auth import Principal
 from nebula.kernel.config import Settings
 from nebula.kernel.errors import DatabaseUnavailable
@@ -78,7 +79,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         stop = asyncio.Event()
         workers = _start_workers(app.state.runtime, stop) if owned else None
         housekeeping = (
-            asyncio.create_task(fleet_watch(app.state.runtime.heartbeats, stop), name="fleet")
+            asyncio.create_task(_fleet_housekeeping(app.state.runtime, stop), name="fleet")
             if owned
             else None
         )
@@ -137,6 +138,12 @@ def _start_workers(runtime: Runtime, stop: asyncio.Event) -> asyncio.Task[Worker
         scheduler=Scheduler(queue),
     )
     return asyncio.create_task(worker.run(stop), name="nebula-worker")
+
+
+async def _fleet_housekeeping(runtime: Runtime, stop: asyncio.Event) -> None:
+    await fleet_watch(
+        runtime.heartbeats, stop, poll=lambda: poll_ssh_nodes(runtime.control, runtime.heartbeats)
+    )
 
 
 def _core_router(app: FastAPI) -> APIRouter:
