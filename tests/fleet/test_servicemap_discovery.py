@@ -79,6 +79,8 @@ async def test_import_creates_then_updates_and_export_round_trips(runtime: Runti
         ("nodes:\n  Bad_Name: {}\n", "lower-case"),
         ("nodes:\n  x: {surprise: 1}\n", "surprise"),
         ("nodes:\n  x: {services: {a: {commands: {rm: [rm]}}}}\n", "start, stop, restart"),
+        ("nodes:\n  x: {actions: {a: {argv: [echo, '{who}']}}}\n", "has no \\[params.who\\]"),
+        ("nodes:\n  x: {actions: {a: {argv: []}}}\n", "actions.a.argv: required"),
     ],
 )
 async def test_a_bad_map_changes_nothing_and_says_where(

@@ -28,6 +28,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
 
+from nebula.agent.actions import parse_action
+from nebula.agent.confread import Table
+from nebula.agent.errors import AgentError
 from nebula.fleet.models import Node
 from nebula.fleet.schemas import CAPABILITY_RE, NodeCreate, NodeInfo
 from nebula.fleet.service import ENROLL_TTL, FleetService
@@ -119,6 +122,11 @@ def parse(text: str) -> ServiceMap:
         raise InvalidInput(f"Service map version {parsed.version} is not supported (use 1).")
     for name, spec in parsed.nodes.items():
         _node_create(name, spec)  # names, environments, MAC and broadcast checked up front
+        for action, table in spec.actions.items():
+            try:
+                parse_action(action, Table(dict(table), f"nodes.{name}.actions.{action}"))
+            except AgentError as err:
+                raise InvalidInput(f"The service map has a bad action: {err.message}") from None
     return parsed
 
 
