@@ -90,7 +90,7 @@ async def prepare(url: str, agents: int) -> str:
                     f"a{i}", "agent", "other", "online", _ts(now), "", "", "", "[]", 30, "[]",
                     "{}", 9, 22, False, _ts(now),
                     hashlib.sha256(token(i).encode()).hexdigest(), _ts(now),
-                    _ts(now + 45), _ts(now + 105),
+                    _ts(now + 3600), _ts(now + 7200),  # no sweep during the run
                 )
                 for i in range(agents)
             ],

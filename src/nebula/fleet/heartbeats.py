@@ -13,6 +13,7 @@ sees each transition and publishes its event.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Sequence
@@ -22,6 +23,7 @@ from typing import Any, Final
 
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.fleet.models import Node, NodeRollup, NodeSample
 from nebula.fleet.schemas import HeartbeatBody
@@ -165,9 +167,12 @@ class HeartbeatIngest:
                 values = sample_values(body.metrics)
                 if values is not None:
                     samples.append({"node_id": agent.node_id, "at": now, **values})
-            await session.execute(update(Node), rows)
-            if samples:
-                await session.execute(insert(NodeSample), samples)
+            if self._sqlite:
+                await session.execute(update(Node), rows)
+                if samples:
+                    await session.execute(insert(NodeSample), samples)
+            else:
+                await write_postgres(session, rows, samples)
             returning = [a for a, _ in latest.values() if a.status != "online"]
             came_back = []
             if returning:
@@ -348,6 +353,51 @@ async def watch(
     if polling is not None:
         polling.cancel()
         await asyncio.gather(polling, return_exceptions=True)
+
+
+_UPDATE_NODES: Final = """
+UPDATE nodes SET hostname = u.hostname, os = u.os, agent_version = u.agent_version,
+    agent_url = u.agent_url, capabilities = u.capabilities::json, metrics = u.metrics::json,
+    services = u.services::json, containers = u.containers::json, last_seen = u.last_seen,
+    stale_after = u.stale_after, offline_after = u.offline_after
+FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[])
+    AS u(id, hostname, os, agent_version, agent_url, capabilities, metrics, services,
+         containers, last_seen, stale_after, offline_after)
+WHERE nodes.id = u.id
+"""
+_INSERT_SAMPLES: Final = """
+INSERT INTO node_samples (node_id, at, cpu, memory, disk, gpu_util, gpu_temp)
+SELECT * FROM unnest($1::int[], $2::timestamptz[], $3::float8[], $4::float8[], $5::float8[],
+                     $6::float8[], $7::float8[])
+"""
+_NODE_COLUMNS: Final = (
+    "id", "hostname", "os", "agent_version", "agent_url", "capabilities", "metrics",
+    "services", "containers", "last_seen", "stale_after", "offline_after",
+)  # fmt: skip
+_JSON_COLUMNS: Final = frozenset({"capabilities", "metrics", "services", "containers"})
+_SAMPLE_COLUMNS: Final = ("node_id", "at", "cpu", "memory", "disk", "gpu_util", "gpu_temp")
+
+
+async def write_postgres(
+    session: AsyncSession, rows: list[dict[str, Any]], samples: list[dict[str, Any]]
+) -> None:
+    """The batch as two statements over arrays (UPDATE ... FROM unnest, INSERT ... SELECT
+    unnest): the same rows as the ORM's executemany at a fraction of the CPU."""
+    raw = await (await session.connection()).get_raw_connection()
+    driver: Any = raw.driver_connection
+    columns = [
+        [_json(row[c]) if c in _JSON_COLUMNS else row[c] for row in rows] for c in _NODE_COLUMNS
+    ]
+    await driver.execute(_UPDATE_NODES, *columns)
+    if samples:
+        await driver.execute(
+            _INSERT_SAMPLES, *[[sample[c] for sample in samples] for c in _SAMPLE_COLUMNS]
+        )
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 def heartbeat_event(node: str, metrics: dict[str, Any]) -> NodeHeartbeat:
