@@ -156,6 +156,9 @@ async def test_containers_through_the_agent(fleet: Fleet, podman: PodmanService)
         mine = [c for c in listed.json()["containers"] if c["name"] == name]
         assert len(mine) == 1
         assert mine[0]["state"] == "running"
+        inspected = api.get(f"/api/v1/nodes/n1/containers/{name}")
+        assert inspected.status_code == 200, inspected.text
+        assert name in inspected.text
         logs = api.get(f"/api/v1/nodes/n1/containers/{name}/logs", params={"tail": 5})
         assert "hello from e2e" in logs.text
         stopped = api.post(f"/api/v1/nodes/n1/containers/{name}/stop")

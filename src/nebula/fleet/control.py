@@ -236,6 +236,17 @@ class FleetControl:
         )
         return result
 
+    async def inspect_container(self, name: str, ref: str) -> dict[str, Any]:
+        """The engine's full description of one container (agent nodes)."""
+        node = await self.fleet.get(name)
+        if node.kind != "agent":
+            raise Conflict(
+                f"Node {name} is reached over SSH; inspect needs its agent.",
+                hint="The container list and logs work over SSH too.",
+            )
+        reply = await self.agents.call(node, "GET", f"/api/docker/containers/{ref}")
+        return dict(reply or {})
+
     async def container_logs(self, name: str, ref: str, tail: int = 200) -> list[str]:
         node = await self.fleet.get(name)
         if node.kind == "agent":

@@ -226,6 +226,14 @@ async def node_containers(name: str, runtime: RuntimeDep, _: FleetReader) -> dic
     return {"node": name, "containers": await runtime.control.containers(name)}
 
 
+@router.get("/api/v1/nodes/{name}/containers/{ref}")
+async def inspect_container(
+    name: str, ref: str, runtime: RuntimeDep, _: FleetReader
+) -> dict[str, Any]:
+    """The engine's full description of one container."""
+    return await runtime.control.inspect_container(name, ref)
+
+
 @router.post("/api/v1/nodes/{name}/containers/{ref}/{action}")
 async def container_action(
     name: str,
