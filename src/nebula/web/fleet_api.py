@@ -178,7 +178,8 @@ async def node_live(
                 reason = getattr(err, "message", "") or "the node did not answer in time"
                 yield sse("unreachable", {"reason": reason, "last": node.metrics})
             sent += 1
-            await asyncio.sleep(LIVE_EVERY_S)
+            if limit is None or sent < limit:
+                await asyncio.sleep(LIVE_EVERY_S)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -200,6 +201,8 @@ async def fleet_stream(
                 nodes = await runtime.fleet.list_nodes()
                 yield sse("nodes", [n.model_dump(mode="json") for n in nodes])
                 sent += 1
+                if limit is not None and sent >= limit:
+                    return
                 await changes.next_event(FLEET_REFRESH_S)
                 await asyncio.sleep(1.0)  # coalesce a burst of heartbeats into one update
                 while await changes.next_event(0) is not None:
