@@ -52,9 +52,9 @@ PERCENT: Final = re.compile(r"^\d{1,3}%$")
 
 SIDEBAR: Final = [
     ("", "Overview", "/", True),
-    ("Infrastructure", "Command Center", "/command-center", False),
-    ("Infrastructure", "Nodes", "/nodes", False),
-    ("Infrastructure", "Containers", "/containers", False),
+    ("Infrastructure", "Command Center", "/command-center", True),
+    ("Infrastructure", "Nodes", "/nodes", True),
+    ("Infrastructure", "Containers", "/containers", True),
     ("Infrastructure", "AI Nodes", "/ai-nodes", False),
     ("Automation", "Jobs", "/jobs", True),
     ("Automation", "Deploy", "/deploy", False),
@@ -469,9 +469,9 @@ def test_sidebar_lists_every_area_and_audit_records_sign_in(tab: Tab) -> None:
         not_built = page.get_by_text("Not built yet.")
         expect(not_built).to_have_count(0 if built else 1)
 
-    page.goto("/nodes")
+    page.goto("/ai-nodes")
     expect(page.locator("main")).to_contain_text("Not built yet.")
-    expect(page.locator("main")).to_contain_text("node agent")
+    expect(page.locator("main")).to_contain_text("GPU machines")
 
     page.goto("/audit")
     rows = page.locator("main tbody tr")

@@ -211,7 +211,7 @@ async def test_viewer_sees_pages_but_not_admin_controls(
     assert (await client.get("/audit")).status_code == 403
     assert 'href="/users"' not in overview.text  # no links to what the role cannot open
     assert 'href="/nodes"' in overview.text
-    planned = await client.get("/nodes")
+    planned = await client.get("/ai-nodes")
     assert "Not built yet" in planned.text
 
 

@@ -31,21 +31,9 @@ NAVIGATION: tuple[NavSection, ...] = (
     NavSection(
         "Infrastructure",
         (
-            _planned(
-                "Command Center",
-                "command-center",
-                "Topology of every node and service, with quick actions.",
-            ),
-            _planned(
-                "Nodes",
-                "nodes",
-                "Every machine running the node agent: live CPU, memory, disk and GPU.",
-            ),
-            _planned(
-                "Containers",
-                "containers",
-                "Docker and Podman containers on every node: start, stop, logs.",
-            ),
+            NavItem("Command Center", "/command-center", True, "", Permission.FLEET_READ),
+            NavItem("Nodes", "/nodes", True, "", Permission.FLEET_READ),
+            NavItem("Containers", "/containers", True, "", Permission.FLEET_READ),
             _planned(
                 "AI Nodes", "ai-nodes", "GPU machines with Ollama, Stable Diffusion and ComfyUI."
             ),
