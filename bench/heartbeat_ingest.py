@@ -42,7 +42,7 @@ def body(index: int) -> bytes:
             "hostname": f"agent-{index}",
             "os": "Linux 6.1",
             "agent_version": "0.1.0",
-            "agent_url": f"http://10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}:9765",
+            "agent_url": f"http://10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}:9765",
             "capabilities": ["docker"],
             "metrics": {
                 "hostname": f"agent-{index}",
@@ -50,7 +50,8 @@ def body(index: int) -> bytes:
                 "cpu_percent": index % 100,
                 "cpu_count": 4,
                 "load_avg": [0.5, 0.4, 0.3],
-                "memory": {"total": 8 << 30, "available": 4 << 30, "used": 4 << 30, "percent": 50.0},
+                "memory": {"total": 8 << 30, "available": 4 << 30, "used": 4 << 30,
+                           "percent": 50.0},
                 "disk": {"path": "/", "total": 100 << 30, "used": 40 << 30, "free": 60 << 30,
                          "percent": 40.0},
                 "gpus": [],

@@ -70,9 +70,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("nodes", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_nodes_stale_after"), ["stale_after"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_nodes_offline_after"), ["offline_after"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_nodes_offline_after"), ["offline_after"], unique=False)
 
     op.create_table(
         "node_rollups",

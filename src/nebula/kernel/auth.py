@@ -40,7 +40,7 @@ MAX_PASSWORD_CHARS: Final = 1024  # argon2 cost grows with input; refuse absurd 
 USERNAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_DURATION: Final = timedelta(days=10 * 366)  # keeps now() + duration a valid datetime
 TOKEN_TOUCH_INTERVAL: Final = timedelta(minutes=1)  # limits writes for busy API clients
-API_TOKEN_KIND: Final = "nbl"
+API_TOKEN_KIND: Final = "nbl"  # noqa: S105  (the visible prefix of API tokens)
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended costs
 
