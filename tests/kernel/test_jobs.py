@@ -35,8 +35,8 @@ from nebula.kernel.jobs import (
     default_registry,
 )
 from nebula.kernel.jobs.const import MAX_BACKOFF_S
+from nebula.kernel.jobs.leases import Outcome, backoff_delay
 from nebula.kernel.jobs.models import Job, JobEvent
-from nebula.kernel.jobs.queue import backoff_delay
 from nebula.kernel.jobs.schemas import ClaimedJob
 from nebula.web.runtime import Runtime
 
@@ -158,8 +158,10 @@ class ClaimGatedQueue(JobQueue):
         super().__init__(*args, **kwargs)
         self.gate = gate
 
-    async def claim(self, owner: str, capabilities: Sequence[str], limit: int) -> list[ClaimedJob]:
-        claimed = await super().claim(owner, capabilities, limit)
+    async def cycle(
+        self, owner: str, capabilities: Sequence[str], limit: int, done: Sequence[Outcome]
+    ) -> list[ClaimedJob]:
+        claimed = await super().cycle(owner, capabilities, limit, done)
         if not claimed and not self.gate.is_set():
             self.gate.set()
             await asyncio.sleep(0.1)  # the handler returns meanwhile
@@ -673,7 +675,7 @@ async def test_an_idempotency_key_names_one_job(job_queue: JobQueue) -> None:
     first = await enqueue(job_queue, payload={"sleep": 0}, idempotency_key="nightly:2026-11-25")
     again = await enqueue(job_queue, payload={"sleep": 1}, idempotency_key="nightly:2026-11-25")
     assert again.id == first.id
-    assert again.payload == {"sleep": 0.0}
+    assert again.payload == {"sleep": 0.0, "steps": 0}
     assert await row_count(job_queue) == 1
 
 

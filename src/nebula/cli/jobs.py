@@ -26,6 +26,7 @@ from nebula.cli.common import (
 from nebula.kernel.audit import Actor
 from nebula.kernel.db import Database
 from nebula.kernel.errors import InvalidInput
+from nebula.kernel.events import build_event_bus
 from nebula.kernel.jobs import (
     JobInfo,
     JobQueue,
@@ -238,7 +239,12 @@ def worker(
             with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers
                 loop.add_signal_handler(sig, stop.set)
         registry = default_registry()
-        queue = JobQueue(db, registry, Wakeup.for_database(db.url), lease_s=settings.job_lease_s)
+        # With Redis, progress reaches the dashboard live from any machine; without it
+        # the job page reads it from the database every few seconds.
+        bus = build_event_bus(settings, db, source="worker") if settings.redis_url else None
+        queue = JobQueue(
+            db, registry, Wakeup.for_database(db.url), lease_s=settings.job_lease_s, bus=bus
+        )
         runner = Worker(
             queue,
             registry,
@@ -252,7 +258,11 @@ def worker(
             f"{', '.join(runner.capabilities) or 'none'}{', burst' if burst else ''}",
             highlight=False,
         )
-        stats = await runner.run(stop)
+        try:
+            stats = await runner.run(stop)
+        finally:
+            if bus is not None:
+                await bus.aclose()
         err_console.print(
             f"Worker {runner.name} stopped: {stats.succeeded} succeeded, {stats.failed} failed, "
             f"{stats.cancelled} cancelled, {stats.released} given back.",

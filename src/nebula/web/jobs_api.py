@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Final
 
@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from nebula.kernel.auth import Principal
+from nebula.kernel.events import EventBus, JobProgress
 from nebula.kernel.jobs import JobEventInfo, JobInfo, JobQueue, JobSpec
 from nebula.kernel.jobs.const import FINISHED
 from nebula.kernel.rbac import Permission
@@ -22,7 +23,11 @@ router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 JobsReader = Annotated[Principal, Depends(require(Permission.JOBS_READ))]
 JobsWriter = Annotated[Principal, Depends(require(Permission.JOBS_WRITE))]
 JobsApprover = Annotated[Principal, Depends(require(Permission.JOBS_APPROVE))]
-POLL_S: Final = 1.0
+# A live job's row is read again this soon after a progress event (at most), and this
+# often without one: workers of other processes may not publish progress on our bus.
+REREAD_AFTER_S: Final = 1.0
+FALLBACK_READ_S: Final = 5.0
+JOB_PROGRESS: Final = "job.progress"
 
 
 class JobPage(BaseModel):
@@ -72,30 +77,63 @@ async def job_detail(job_id: int, queue: Queue, _: JobsReader) -> JobDetail:
 async def job_stream(
     job_id: int,
     request: Request,
-    queue: Queue,
+    runtime: RuntimeDep,
     _: JobsReader,
     limit: Annotated[int | None, Query(ge=1, le=100_000)] = None,
 ) -> StreamingResponse:
-    """Server-Sent Events: `job` with the job's state and `log` per new event, until it ends."""
+    """Server-Sent Events until the job ends: `job` with its state, `log` per new log
+    line. `limit` ends the stream after that many `job` frames.
+
+    Progress published on the event bus (`job.progress`) is sent at once, on top of
+    the state last read; the row is read again soon after (for log lines and the final
+    state) and every few seconds anyway, which is how the stream follows workers that
+    do not publish on this process's bus (`nebula worker` elsewhere, without Redis)."""
+    queue = runtime.jobs
     await queue.get(job_id)  # 404 before the stream starts
-
-    async def events() -> AsyncIterator[str]:
-        last_event, sent = 0, 0
-        while limit is None or sent < limit:
-            if await request.is_disconnected():
-                return
-            job = await queue.get(job_id)
-            for event in await queue.events(job_id, after_id=last_event):
-                last_event = event.id
-                yield f"id: {event.id}\nevent: log\ndata: {event.model_dump_json()}\n\n"
-            yield f"event: job\ndata: {json.dumps(job.model_dump(mode='json'))}\n\n"
-            sent += 1
-            if job.status in FINISHED:
-                return
-            await asyncio.sleep(POLL_S)
-
+    frames = job_frames(request, queue, runtime.events, job_id, limit)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+
+
+def job_frame(job: JobInfo) -> str:
+    return f"event: job\ndata: {json.dumps(job.model_dump(mode='json'))}\n\n"
+
+
+async def job_frames(
+    request: Request, queue: JobQueue, bus: EventBus, job_id: int, limit: int | None
+) -> AsyncIterator[str]:
+    wanted = str(job_id)
+    last_log, sent = 0, 0
+    read_at = last_read = 0.0  # monotonic: when the row is due again, when it was read
+    async with bus.subscribe([JOB_PROGRESS]) as live:
+        while limit is None or sent < limit:
+            if time.monotonic() >= read_at:
+                job = await queue.get(job_id)
+                for entry in await queue.events(job_id, after_id=last_log):
+                    last_log = entry.id
+                    yield f"id: {entry.id}\nevent: log\ndata: {entry.model_dump_json()}\n\n"
+                yield job_frame(job)
+                sent += 1
+                if job.status in FINISHED:
+                    return
+                last_read = time.monotonic()
+                read_at = last_read + FALLBACK_READ_S
+                continue
+            try:
+                event = await live.next_event(read_at - time.monotonic())
+            except StopAsyncIteration:
+                return  # the bus is closing: the process is stopping
+            if event is None:
+                if await request.is_disconnected():
+                    return
+            elif isinstance(event, JobProgress) and event.data.job_id == wanted:
+                progress = round(event.data.progress * 100)
+                job = job.model_copy(
+                    update={"progress": progress, "progress_message": event.data.message}
+                )
+                yield job_frame(job)
+                sent += 1
+                read_at = min(read_at, last_read + REREAD_AFTER_S)
 
 
 @router.post("/{job_id}/cancel")

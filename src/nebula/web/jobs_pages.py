@@ -1,15 +1,19 @@
-"""The Jobs pages: a filtered list, and one job with live progress and actions."""
+"""The Jobs pages: a filtered list with an enqueue form, and one job with live progress
+and actions."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 
 from nebula.kernel.auth import Principal
-from nebula.kernel.errors import NebulaError
-from nebula.kernel.jobs import JobStatus
+from nebula.kernel.errors import InvalidInput, NebulaError
+from nebula.kernel.jobs import JobSpec, JobStatus
 from nebula.kernel.jobs.const import FINISHED
 from nebula.kernel.jobs.queue import JobAction
 from nebula.kernel.rbac import Permission
@@ -22,6 +26,15 @@ JobsReader = Annotated[Principal, Depends(require(Permission.JOBS_READ))]
 JobsWriter = Annotated[Principal, Depends(require(Permission.JOBS_WRITE))]
 JobsApprover = Annotated[Principal, Depends(require(Permission.JOBS_APPROVE))]
 PAGE_SIZE = 50
+PAYLOAD_CHARS = 10_000
+
+
+@dataclass(frozen=True)
+class EnqueueForm:
+    """What the enqueue form sent, shown again with the error when it is refused."""
+
+    kind: str = "system.noop"
+    payload: str = "{}"
 
 
 @router.get("/jobs", response_class=HTMLResponse)
@@ -33,9 +46,29 @@ async def jobs_page(
     kind: str = "",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> Response:
-    jobs, total = await runtime.jobs.list_jobs(
-        status=status or None, kind=kind or None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
-    )
+    return await _listing(request, runtime, status=status, kind=kind, page=page)
+
+
+async def _listing(
+    request: Request,
+    runtime: RuntimeDep,
+    *,
+    status: str = "",
+    kind: str = "",
+    page: int = 1,
+    form: EnqueueForm | None = None,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    try:
+        jobs, total = await runtime.jobs.list_jobs(
+            status=status or None,
+            kind=kind or None,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+        )
+    except InvalidInput as err:  # an unknown status in the address
+        jobs, total, error, status_code = [], 0, err.message, err.status
     context = {
         "jobs": jobs,
         "total": total,
@@ -45,8 +78,53 @@ async def jobs_page(
         "pages": max(1, -(-total // PAGE_SIZE)),
         "statuses": [s.value for s in JobStatus],
         "counts": await runtime.jobs.counts(),
+        "kinds": runtime.jobs.registry.names(),
+        "form": form or EnqueueForm(),
+        "error": error,
     }
-    return render(request, "jobs.html", context)
+    return render(request, "jobs.html", context, status_code=status_code)
+
+
+@router.post("/jobs")
+async def enqueue(
+    request: Request,
+    runtime: RuntimeDep,
+    principal: JobsWriter,
+    kind: Annotated[str, Form(max_length=96)] = "",
+    payload: Annotated[str, Form(max_length=PAYLOAD_CHARS)] = "{}",
+) -> Response:
+    """Enqueue a job from the Jobs page, then show it."""
+    form = EnqueueForm(kind, payload)
+    try:
+        spec = JobSpec(kind=kind, payload=_payload(payload))
+        job = await runtime.jobs.enqueue(actor_for(principal, request), spec)
+    except ValidationError as err:
+        return await _listing(
+            request, runtime, form=form, error=f"Invalid job: {_problems(err)}", status_code=422
+        )
+    except NebulaError as err:
+        return await _listing(
+            request, runtime, form=form, error=err.message, status_code=err.status
+        )
+    return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+
+def _payload(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as err:
+        raise InvalidInput(
+            f"The payload is not valid JSON: {err.msg} at character {err.pos}."
+        ) from err
+    if not isinstance(value, dict):
+        raise InvalidInput('The payload must be a JSON object, e.g. {"sleep": 1}.')
+    return value
+
+
+def _problems(err: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in err.errors()
+    )
 
 
 async def _detail(

@@ -61,6 +61,7 @@ class Runtime:
                 registry,
                 Wakeup.for_database(db.url),
                 lease_s=settings.job_lease_s,
+                bus=events,
             ),
             fleet=fleet,
             heartbeats=HeartbeatIngest(db, events),

@@ -14,7 +14,22 @@ from nebula.kernel.db import Base, UtcDateTime, utcnow
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        Index("ix_jobs_claim", "status", "priority", "run_at"),
+        # Claims walk queued jobs in claim order and stop after a few: without a key,
+        # and (rarely many) with one. Both indexes only hold queued rows.
+        Index(
+            "ix_jobs_queued_free",
+            text("priority DESC"),
+            "id",
+            sqlite_where=text("status = 'queued' AND concurrency_key IS NULL"),
+            postgresql_where=text("status = 'queued' AND concurrency_key IS NULL"),
+        ),
+        Index(
+            "ix_jobs_queued_keyed",
+            text("priority DESC"),
+            "id",
+            sqlite_where=text("status = 'queued' AND concurrency_key IS NOT NULL"),
+            postgresql_where=text("status = 'queued' AND concurrency_key IS NOT NULL"),
+        ),
         Index("ix_jobs_lease", "status", "lease_expires_at"),
         # At most one running job per concurrency key: the database enforces it.
         Index(

@@ -85,15 +85,20 @@ class JobRegistry:
 
 
 class NoopPayload(BaseModel):
-    """`system.noop`: wait `sleep` seconds, then succeed. For tests and benchmarks."""
+    """`system.noop`: wait `sleep` seconds, then succeed; with `steps`, report progress
+    that many times along the way. For tests, benchmarks and trying the Jobs page."""
 
     model_config = ConfigDict(extra="forbid")
 
     sleep: float = Field(default=0.0, ge=0.0, le=3600.0)
+    steps: int = Field(default=0, ge=0, le=100)
 
 
 async def run_noop(ctx: JobContext, payload: NoopPayload) -> dict[str, Any]:
-    if payload.sleep:
+    for step in range(1, payload.steps + 1):
+        await asyncio.sleep(payload.sleep / payload.steps)
+        await ctx.progress(step * 100 // payload.steps, f"step {step} of {payload.steps}")
+    if payload.sleep and not payload.steps:
         await asyncio.sleep(payload.sleep)
     return {"slept": payload.sleep}
 

@@ -21,9 +21,11 @@ from nebula.kernel.jobs.const import NOTIFY_CHANNEL
 log = logging.getLogger("nebula.jobs")
 RECONNECT_MAX_S = 10.0
 HEALTH_CHECK_S = 2.0
+LISTENER_APPLICATION_NAME = "nebula wake-up"  # how it shows in pg_stat_activity
 
 
-def _asyncpg_dsn(url: str) -> str:
+def asyncpg_dsn(url: str) -> str:
+    """The SQLAlchemy URL as asyncpg wants it (no `+asyncpg` driver suffix)."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
@@ -40,6 +42,11 @@ class Wakeup:
     @classmethod
     def for_database(cls, url: str) -> Wakeup:
         return cls(url if make_url(url).get_backend_name() == "postgresql" else None)
+
+    @property
+    def uses_database(self) -> bool:
+        """Do wake-ups travel through PostgreSQL NOTIFY (to workers in any process)?"""
+        return self._postgres_url is not None
 
     async def notify_in(self, session: AsyncSession) -> None:
         """Announce new work; on PostgreSQL it is delivered when the transaction commits."""
@@ -71,7 +78,11 @@ class Wakeup:
         while True:
             connection: Any = None
             try:
-                connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=10)
+                connection = await asyncpg.connect(
+                    asyncpg_dsn(url),
+                    timeout=10,
+                    server_settings={"application_name": LISTENER_APPLICATION_NAME},
+                )
                 await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 delay = 0.5
                 self._event.set()  # work may have arrived while we were not listening
