@@ -25,11 +25,14 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import psutil
 
 from nebula.kernel.migrate import upgrade_async
+
+STEADY_AFTER_S = 10.0
 
 
 def token(index: int) -> str:
@@ -156,7 +159,7 @@ async def read_response(reader: asyncio.StreamReader) -> int:
 
 async def load(
     port: int, agents: int, interval: float, seconds: float, connections: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     rate = agents / interval
     total = int(rate * seconds)
     queue: asyncio.Queue[tuple[float, int]] = asyncio.Queue()
@@ -195,6 +198,12 @@ async def load(
     values = sorted(lat for _, lat in latencies)
     tenth = max(1, len(latencies) // 10)
     by_due = sorted(latencies)
+    worst: dict[int, float] = {}
+    for due, lat in latencies:
+        second = int(due - started)
+        worst[second] = max(worst.get(second, 0.0), lat)
+    slow_seconds = sorted(worst.items(), key=lambda item: -item[1])[:5]
+    steady = sorted(lat for due, lat in latencies if due - started >= STEADY_AFTER_S)
     return {
         "requests": len(values),
         "errors": errors,
@@ -203,9 +212,11 @@ async def load(
         "p50_ms": statistics.median(values) * 1000,
         "p99_ms": values[int(len(values) * 0.99) - 1] * 1000,
         "max_ms": values[-1] * 1000,
+        "steady_p99_ms": steady[int(len(steady) * 0.99) - 1] * 1000 if steady else float("nan"),
         "first_tenth_p50_ms": statistics.median(lat for _, lat in by_due[:tenth]) * 1000,
         "last_tenth_p50_ms": statistics.median(lat for _, lat in by_due[-tenth:]) * 1000,
         "elapsed": elapsed,
+        "slow_seconds": ", ".join(f"{sec}s: {lat * 1000:.0f} ms" for sec, lat in slow_seconds),
     }
 
 
@@ -252,6 +263,8 @@ async def main(args: argparse.Namespace) -> None:
         f"backlog: p50 first tenth {result['first_tenth_p50_ms']:.1f} ms, "
         f"last tenth {result['last_tenth_p50_ms']:.1f} ms"
     )
+    print(f"p99 after the first {STEADY_AFTER_S:.0f} s: {result['steady_p99_ms']:.1f} ms")
+    print(f"slowest seconds of the run (max latency): {result['slow_seconds']}")
     print(f"server CPU: {cpu / result['elapsed'] * 100:.0f}% of one core")  # fmt: skip
 
 

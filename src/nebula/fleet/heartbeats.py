@@ -15,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import delete, func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from nebula.fleet.models import Node, NodeRollup, NodeSample
@@ -264,60 +262,43 @@ class HeartbeatIngest:
             await self._publish_all(self.events)  # queued after the publisher finished
 
     async def rollup(self, now: datetime | None = None) -> int:
-        """Fold finished minutes of raw samples into rollups; prune old data."""
+        """Fold finished minutes of raw samples into rollups, in the database (one
+        INSERT ... SELECT ... GROUP BY: a large fleet never stalls this process), and
+        prune what is past its keep."""
         now = now or self.clock()
         this_minute = now.replace(second=0, microsecond=0)
         async with self.db.begin() as session:
             done_until = await session.scalar(select(func.max(NodeRollup.minute)))
             start = (done_until + timedelta(minutes=1)) if done_until else now - RAW_KEEP
-            rows = (
-                await session.execute(
-                    select(
-                        NodeSample.node_id,
-                        NodeSample.at,
-                        NodeSample.cpu,
-                        NodeSample.memory,
-                        NodeSample.disk,
-                        NodeSample.gpu_util,
-                        NodeSample.gpu_temp,
-                    ).where(NodeSample.at >= start, NodeSample.at < this_minute)
-                )
-            ).all()
-            groups: dict[tuple[int, datetime], list[Any]] = defaultdict(list)
-            for row in rows:
-                groups[(row[0], row[1].replace(second=0, microsecond=0))].append(row)
-            rollups = [_fold(node_id, minute, items) for (node_id, minute), items in groups.items()]
-            if rollups:
-                try:
-                    async with session.begin_nested():
-                        await session.execute(insert(NodeRollup), rollups)
-                except IntegrityError:  # another process folded these minutes first
-                    rollups = []
+            minute = _MINUTE_SQLITE if self._sqlite else _MINUTE_POSTGRES
+            folded = await session.execute(
+                text(_FOLD.format(minute=minute)),
+                {"start": _stamp(start, self._sqlite), "end": _stamp(this_minute, self._sqlite)},
+            )
             await session.execute(delete(NodeSample).where(NodeSample.at < now - RAW_KEEP))
             await session.execute(delete(NodeRollup).where(NodeRollup.minute < now - ROLLUP_KEEP))
-        return len(rollups)
+        return int(folded.rowcount)  # type: ignore[attr-defined]
 
 
-def _fold(node_id: int, minute: datetime, items: list[Any]) -> dict[str, Any]:
-    cpu = [r[2] for r in items]
-    memory = [r[3] for r in items]
-    gpu = [r[5] for r in items if r[5] is not None]
-    temps = [r[6] for r in items if r[6] is not None]
-    return {
-        "node_id": node_id,
-        "minute": minute,
-        "samples": len(items),
-        "cpu_min": min(cpu),
-        "cpu_avg": sum(cpu) / len(cpu),
-        "cpu_max": max(cpu),
-        "memory_min": min(memory),
-        "memory_avg": sum(memory) / len(memory),
-        "memory_max": max(memory),
-        "disk_avg": sum(r[4] for r in items) / len(items),
-        "gpu_util_avg": sum(gpu) / len(gpu) if gpu else None,
-        "gpu_util_max": max(gpu) if gpu else None,
-        "gpu_temp_max": max(temps) if temps else None,
-    }
+# The minute a sample belongs to, written as each backend stores timestamps.
+_MINUTE_POSTGRES: Final = "date_trunc('minute', at)"
+_MINUTE_SQLITE: Final = "strftime('%Y-%m-%d %H:%M:00.000000', at)"
+_FOLD: Final = """
+INSERT INTO node_rollups (node_id, minute, samples, cpu_min, cpu_avg, cpu_max, memory_min,
+    memory_avg, memory_max, disk_avg, gpu_util_avg, gpu_util_max, gpu_temp_max)
+SELECT node_id, {minute}, count(*), min(cpu), avg(cpu), max(cpu), min(memory), avg(memory),
+    max(memory), avg(disk), avg(gpu_util), max(gpu_util), max(gpu_temp)
+FROM node_samples WHERE at >= :start AND at < :end
+GROUP BY node_id, {minute}
+ON CONFLICT DO NOTHING
+"""
+
+
+def _stamp(moment: datetime, sqlite: bool) -> datetime | str:
+    """A bound timestamp that compares right with stored ones on each backend."""
+    if sqlite:
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return moment
 
 
 async def watch(

@@ -187,9 +187,12 @@ class FleetService:
             audit.record(session, actor, "node.enroll_token", f"node:{name}")
         return token
 
-    async def list_nodes(self) -> list[NodeInfo]:
+    async def list_nodes(self, *, kind: str | None = None) -> list[NodeInfo]:
+        query = select(Node).order_by(Node.name)
+        if kind is not None:
+            query = query.where(Node.kind == kind)
         async with self.db.begin() as session:
-            rows = (await session.scalars(select(Node).order_by(Node.name))).all()
+            rows = (await session.scalars(query)).all()
         return [node_info(r) for r in rows]
 
     async def get(self, name: str) -> NodeInfo:

@@ -51,8 +51,7 @@ async def poll_node(control: FleetControl, ingest: HeartbeatIngest, node: NodeIn
 async def poll_ssh_nodes(control: FleetControl, ingest: HeartbeatIngest) -> int:
     """Read every SSH node that has what it takes (address, user, key); returns how many
     answered."""
-    nodes = [
-        n for n in await control.fleet.list_nodes() if n.kind == "ssh" and n.address and n.ssh_user
-    ]
+    ssh_nodes = await control.fleet.list_nodes(kind="ssh")  # never the whole fleet
+    nodes = [n for n in ssh_nodes if n.address and n.ssh_user]
     answered = await asyncio.gather(*(poll_node(control, ingest, n) for n in nodes))
     return sum(answered)
