@@ -29,8 +29,7 @@ from typing import Any
 
 import asyncpg
 import psutil
-
-from nebula.kernel.migrate import upgrade_async
+from jobs_throughput import recreate  # a sibling script: bench/ is on sys.path
 
 STEADY_AFTER_S = 10.0
 
@@ -70,14 +69,7 @@ def body(index: int) -> bytes:
 
 
 async def prepare(url: str, agents: int) -> str:
-    base, _, name = url.rpartition("/")
-    admin = await asyncpg.connect(f"{base}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    await upgrade_async(url.replace("postgresql://", "postgresql+asyncpg://", 1))
+    await recreate(url)
     connection = await asyncpg.connect(url)
     try:
         now = time.time()

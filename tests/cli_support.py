@@ -42,7 +42,8 @@ def failed_cleanly(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def cli_environment(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+def clean_environment(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment without our own settings or colour, plus `extra`."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -50,11 +51,13 @@ def cli_environment(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
     }
     for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
         env.pop(name, None)
-    env.update(
-        NEBULA_DATA_DIR=str(data_dir), NEBULA_ENV="local", NO_COLOR="1", PYTHONUNBUFFERED="1"
-    )
+    env.update(NEBULA_ENV="local", NO_COLOR="1", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
+
+
+def cli_environment(data_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    return clean_environment({"NEBULA_DATA_DIR": str(data_dir), **extra})
 
 
 @dataclass

@@ -20,20 +20,10 @@ from nebula.kernel.migrate import upgrade_async
 from nebula.web import create_app
 from nebula.web.deps import CSRF_COOKIE, SESSION_COOKIE
 from nebula.web.runtime import Runtime
+from tests.ci import need_service
+from tests.podman_support import podman as podman  # one Podman service for the whole run
 
 ADMIN_PASSWORD = "correct horse battery staple"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def need_service(variable: str, what: str) -> str:
-    """The URL of a real service for this test, or a skip (a failure under CI=true)."""
-    url = os.environ.get(variable)
-    if url:
-        return url
-    message = f"{what} tests need {variable} (see .ci/run)"
-    if IN_CI:
-        pytest.fail(f"{message}; it must be set when CI=true")
-    pytest.skip(message)
 
 
 async def reset_postgres(url: str) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy import update
 from nebula.kernel.db import Database, is_sqlite, utcnow
 from nebula.kernel.jobs import JobInfo, JobQueue, JobStatus, default_registry
 from nebula.kernel.jobs.models import Job
-from tests.cli_support import failed_cleanly, succeeded
+from tests.cli_support import clean_environment, failed_cleanly, succeeded
 
 NEBULA = Path(sys.executable).parent / "nebula"
 LEASE_S = 2  # NEBULA_JOB_LEASE_S for the crash tests
@@ -32,16 +32,7 @@ STOPPED = re.compile(r"stopped: (\d+) succeeded, (\d+) failed, (\d+) cancelled, 
 
 
 def base_environment(extra: dict[str, str]) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("NEBULA_") or k.startswith("NEBULA_TEST_")
-    }
-    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
-        env.pop(name, None)
-    env.update(NEBULA_ENV="local", NO_COLOR="1", PYTHONUNBUFFERED="1", COLUMNS="200")
-    env.update(extra)
-    return env
+    return clean_environment({"COLUMNS": "200", **extra})
 
 
 @dataclass

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ci import IN_CI
 from tests.cli_support import succeeded
-from tests.conftest import IN_CI
 
 NEBULA = Path(sys.executable).parent / "nebula"
 JOBS = 300

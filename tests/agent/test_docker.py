@@ -29,7 +29,6 @@ from nebula.agent.docker import (
 )
 from nebula.agent.shapes import ContainerInfo, ContainerStats
 from tests.podman_support import IMAGE, PodmanService, unique_name
-from tests.podman_support import podman as podman  # the session fixture
 
 STATES = {"created", "running", "paused", "restarting", "exited", "dead", "removing"}
 

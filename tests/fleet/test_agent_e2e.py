@@ -16,7 +16,6 @@ import pytest
 
 from tests.cli_support import NEBULA, Cli, Server, free_port, start_server, stop_server, succeeded
 from tests.podman_support import PodmanService, unique_name
-from tests.podman_support import podman as podman  # the session fixture
 
 MARKER_SCRIPT = """#!/bin/sh
 for arg in "$@"; do printf '%s\\n' "$arg" >> "$MARKER"; done

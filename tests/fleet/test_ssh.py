@@ -40,7 +40,7 @@ from nebula.fleet.ssh_errors import (
 )
 from nebula.fleet.ssh_metrics import METRICS_SCRIPT, PROC_STAT_ARGV
 from nebula.kernel.errors import InvalidInput
-from tests.conftest import IN_CI
+from tests.ci import IN_CI
 from tests.fleet.ssh_server import Mode, RecordingSshServer
 
 FAKE_DOCKER = Path(__file__).with_name("fake_docker.py")

@@ -14,7 +14,8 @@ from nebula.kernel.db import Database
 from nebula.kernel.doctor import Check, run_checks
 from nebula.kernel.migrate import upgrade_async
 from nebula.kernel.secrets import generate_key, load_keyring
-from tests.conftest import ADMIN_PASSWORD, need_service
+from tests.ci import need_service
+from tests.conftest import ADMIN_PASSWORD
 
 STATUSES = {"ok", "info", "warn", "error"}
 

@@ -42,7 +42,7 @@ from nebula.kernel.events import (
 )
 from nebula.kernel.events.schema import event_id_ms
 from nebula.kernel.migrate import upgrade_async
-from tests.conftest import IN_CI, need_service
+from tests.ci import IN_CI, need_service
 
 T = TypeVar("T")
 WAIT_S = 10.0  # upper bound for anything that should happen "soon"

@@ -27,7 +27,8 @@ from nebula.kernel.jobs.postgres import WORKER_APPLICATION_NAME
 from nebula.kernel.jobs.schemas import ClaimedJob
 from nebula.kernel.migrate import upgrade_async
 from nebula.web.runtime import Runtime
-from tests.conftest import need_service, reset_postgres
+from tests.ci import need_service
+from tests.conftest import reset_postgres
 from tests.kernel.test_jobs import (
     ACTOR,
     MISSING,

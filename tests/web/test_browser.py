@@ -29,7 +29,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.conftest import ADMIN_PASSWORD, IN_CI
+from tests.ci import IN_CI
+from tests.conftest import ADMIN_PASSWORD
 
 pytestmark = pytest.mark.browser
 

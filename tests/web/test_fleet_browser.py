@@ -33,7 +33,8 @@ from nebula.fleet.schemas import HeartbeatBody, NodeCreate
 from nebula.fleet.ssh_poll import poll_ssh_nodes
 from nebula.kernel.audit import Actor
 from nebula.web.runtime import Runtime
-from tests.conftest import ADMIN_PASSWORD, IN_CI, Account
+from tests.ci import IN_CI
+from tests.conftest import ADMIN_PASSWORD, Account
 from tests.fleet.ssh_server import RecordingSshServer
 from tests.fleet.test_nodes import beat
 from tests.fleet.test_ssh import CONTAINERS, FAKE_DOCKER, path_without_docker, private_text
