@@ -126,3 +126,29 @@ def test_new_lines_finds_what_was_appended(
     before: list[str], after: list[str], new: list[str]
 ) -> None:
     assert new_lines(before, after) == new
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/v1/nodes/n1/exec", {"action": "a..b"}),
+        ("POST", "/api/v1/nodes/n1/containers/a..b/stop", None),
+        ("GET", "/api/v1/nodes/n1/containers/a..b/logs", None),
+        ("GET", "/api/v1/nodes/n1/containers/a..b", None),
+        ("POST", "/api/v1/nodes/n1/services/x..y/restart", None),
+        ("POST", "/api/v1/nodes/n1/services/ollama/explode", None),
+        ("POST", "/api/v1/nodes/n1/containers/web/explode", None),
+    ],
+)
+async def test_names_bound_for_an_agent_url_are_checked_first(
+    client: httpx.AsyncClient,
+    admin: Account,
+    operator: Account,
+    method: str,
+    path: str,
+    body: dict[str, str] | None,
+) -> None:
+    await add_and_enroll(client, admin)
+    reply = await client.request(method, path, json=body, headers=operator.headers)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error"]["code"] == "invalid_input"

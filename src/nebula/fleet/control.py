@@ -9,6 +9,7 @@ nodes), with typed, validated parameters, and every call is audited here.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,18 @@ CONTAINER_ACTIONS: Final = ("start", "stop", "restart", "remove")
 SERVICE_VERBS: Final = ("start", "stop", "restart")
 FLEET_CALL_TIMEOUT_S: Final = 8.0
 OUTPUT_TAIL: Final = 8000
+
+
+# Names that go into an agent's URL path: one plain segment, never "..", "/" or "?".
+_SEGMENT: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def segment(value: str, what: str) -> str:
+    if not _SEGMENT.match(value) or ".." in value:
+        raise InvalidInput(
+            f"Invalid {what} {value[:64]!r}.", hint="Letters, digits, '.', '_' and '-' only."
+        )
+    return value
 
 
 def ssh_key_secret(node: str) -> str:
@@ -121,6 +134,7 @@ class FleetControl:
         self, actor: Actor, name: str, action: str, params: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Run an allow-listed action on a node; returns exit code, output tails, duration."""
+        segment(action, "action")
         node = await self.fleet.get(name)
         params = params or {}
 
@@ -158,6 +172,7 @@ class FleetControl:
     async def service_action(self, actor: Actor, name: str, service: str, verb: str) -> Any:
         if verb not in SERVICE_VERBS:
             raise InvalidInput(f"Use one of {', '.join(SERVICE_VERBS)}, not {verb!r}.")
+        segment(service, "service name")
         node = await self.fleet.get(name)
         if node.kind != "agent":
             return await self.execute(actor, name, f"{verb}-{service}")
@@ -219,6 +234,7 @@ class FleetControl:
     ) -> dict[str, Any]:
         if action not in CONTAINER_ACTIONS:
             raise InvalidInput(f"Use one of {', '.join(CONTAINER_ACTIONS)}, not {action!r}.")
+        segment(ref, "container")
         node = await self.fleet.get(name)
 
         async def work() -> dict[str, Any]:
@@ -238,6 +254,7 @@ class FleetControl:
 
     async def inspect_container(self, name: str, ref: str) -> dict[str, Any]:
         """The engine's full description of one container (agent nodes)."""
+        segment(ref, "container")
         node = await self.fleet.get(name)
         if node.kind != "agent":
             raise Conflict(
@@ -248,6 +265,7 @@ class FleetControl:
         return dict(reply or {})
 
     async def container_logs(self, name: str, ref: str, tail: int = 200) -> list[str]:
+        segment(ref, "container")
         node = await self.fleet.get(name)
         if node.kind == "agent":
             reply = await self.agents.call(
