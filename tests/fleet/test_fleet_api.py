@@ -152,3 +152,13 @@ async def test_names_bound_for_an_agent_url_are_checked_first(
     reply = await client.request(method, path, json=body, headers=operator.headers)
     assert reply.status_code == 422, reply.text
     assert reply.json()["error"]["code"] == "invalid_input"
+
+
+async def test_fleet_jobs_cannot_be_enqueued_directly(
+    client: httpx.AsyncClient, operator: Account
+) -> None:
+    spec = {"kind": "fleet.wake", "payload": {"node": "vm", "requested_by": "someone-else"}}
+    refused = await client.post("/api/v1/jobs", json=spec, headers=operator.headers)
+    assert refused.status_code == 403, refused.text
+    listed = await client.get("/api/v1/jobs", headers=operator.headers)
+    assert listed.json()["total"] == 0

@@ -748,3 +748,11 @@ async def test_stop_gives_in_flight_jobs_back(fast_queue: JobQueue) -> None:
     assert (await fast_queue.get(waiting.id)).status == JobStatus.QUEUED
     # Given back, it is the first thing the next worker takes.
     assert [j.id for j in await fast_queue.claim("next", [], 1)] == [job.id]
+
+
+def test_a_result_postgresql_cannot_store_fails_the_job_not_the_worker() -> None:
+    from nebula.kernel.jobs.worker import _check_result
+
+    _check_result({"ok": 1.5})
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        _check_result({"ratio": float("nan")})

@@ -9,6 +9,7 @@ nodes), with typed, validated parameters, and every call is audited here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from nebula.agent.actions import ActionSpec, parse_action
 from nebula.agent.confread import Table
 from nebula.agent.errors import AgentError
 from nebula.agent.shapes import ContainerInfo, MetricsSample
-from nebula.fleet.agent_client import AgentClient, NodeUnreachable
+from nebula.fleet.agent_client import AgentClient, AgentRefused, NodeUnreachable
 from nebula.fleet.schemas import NodeInfo
 from nebula.fleet.service import SECRETS_SCOPE, FleetService
 from nebula.fleet.ssh import SshPool, SshTarget
@@ -27,6 +28,7 @@ from nebula.kernel import audit
 from nebula.kernel.audit import Actor
 from nebula.kernel.errors import Conflict, InvalidInput, NebulaError, NotFound
 
+log = logging.getLogger("nebula.fleet")
 ContainerAction = Literal["start", "stop", "restart", "remove"]
 CONTAINER_ACTIONS: Final = ("start", "stop", "restart", "remove")
 SERVICE_VERBS: Final = ("start", "stop", "restart")
@@ -44,6 +46,15 @@ def segment(value: str, what: str) -> str:
             f"Invalid {what} {value[:64]!r}.", hint="Letters, digits, '.', '_' and '-' only."
         )
     return value
+
+
+def as_object(node: str, reply: Any) -> dict[str, Any]:
+    """An agent's JSON object answer, or a clear error when it sent something else."""
+    if reply is None:
+        return {}
+    if not isinstance(reply, dict):
+        raise AgentRefused(f"Node {node}: the agent's answer is not a JSON object.", status=502)
+    return reply
 
 
 def ssh_key_secret(node: str) -> str:
@@ -86,9 +97,10 @@ class FleetControl:
         started = time.monotonic()
         try:
             result = await work()
-        except NebulaError as err:
+        except Exception as err:  # recorded whatever it was, then passed on
+            message = err.message if isinstance(err, NebulaError) else type(err).__name__
             await audit.record_alone(
-                self.fleet.db, actor, event, target, "failed", error=err.message[:300], **details
+                self.fleet.db, actor, event, target, "failed", error=message[:300], **details
             )
             raise
         details["duration_s"] = round(time.monotonic() - started, 3)
@@ -143,7 +155,7 @@ class FleetControl:
                 reply = await self.agents.call(
                     node, "POST", f"/api/actions/{action}", json={"params": params}
                 )
-                return dict(reply or {})
+                return as_object(name, reply)
             spec = ssh_action(node, action)
             try:
                 argv = spec.render(params)
@@ -204,9 +216,11 @@ class FleetControl:
     async def containers(self, name: str) -> list[ContainerInfo]:
         node = await self.fleet.get(name)
         if node.kind == "agent":
-            reply = await self.agents.call(node, "GET", "/api/docker/containers")
-            items = reply.get("containers", []) if isinstance(reply, dict) else reply
-            return list(items or [])
+            reply = as_object(name, await self.agents.call(node, "GET", "/api/docker/containers"))
+            items = reply.get("containers")
+            if not isinstance(items, list):
+                raise AgentRefused(f"Node {name}: the agent sent no container list.", status=502)
+            return items
         target = await self.ssh_target(node)
         return await self.ssh.containers(target, stats=True)
 
@@ -226,6 +240,9 @@ class FleetControl:
             except (NebulaError, TimeoutError) as err:
                 message = getattr(err, "message", "") or "did not answer in time"
                 return NodeContainers(node.name, [], message)
+            except Exception as err:  # one odd node must not take the whole list down
+                log.warning("containers of %s: %r", node.name, err)
+                return NodeContainers(node.name, [], f"unexpected answer ({type(err).__name__})")
 
         return list(await asyncio.gather(*(one(n) for n in nodes)))
 
@@ -242,7 +259,7 @@ class FleetControl:
                 reply = await self.agents.call(
                     node, "POST", f"/api/docker/containers/{ref}/{action}"
                 )
-                return dict(reply or {"ok": True})
+                return as_object(name, reply) or {"ok": True}
             target = await self.ssh_target(node)
             await self.ssh.container_action(target, ref, action)
             return {"ok": True, "container": ref, "action": action}
@@ -262,7 +279,7 @@ class FleetControl:
                 hint="The container list and logs work over SSH too.",
             )
         reply = await self.agents.call(node, "GET", f"/api/docker/containers/{ref}")
-        return dict(reply or {})
+        return as_object(name, reply)
 
     async def container_logs(self, name: str, ref: str, tail: int = 200) -> list[str]:
         segment(ref, "container")
@@ -271,8 +288,8 @@ class FleetControl:
             reply = await self.agents.call(
                 node, "GET", f"/api/docker/containers/{ref}/logs", params={"tail": tail}
             )
-            lines = reply.get("lines", []) if isinstance(reply, dict) else reply
-            return [str(line) for line in lines or []]
+            lines = as_object(name, reply).get("lines")
+            return [str(line) for line in lines] if isinstance(lines, list) else []
         target = await self.ssh_target(node)
         return await self.ssh.container_logs(target, ref, tail)
 

@@ -48,4 +48,6 @@ def register_fleet_jobs(registry: JobRegistry, fleet: FleetService, agents: Agen
             raise TimeoutError(f"{payload.node} did not answer within {payload.timeout_s:.0f} s")
         return result.as_dict()
 
-    registry.register("fleet.wake", WakePayload, run_wake, "Wake a node and wait for it.")
+    registry.register(
+        "fleet.wake", WakePayload, run_wake, "Wake a node and wait for it.", public=False
+    )

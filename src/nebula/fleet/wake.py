@@ -53,7 +53,7 @@ def on_local_lan(broadcast: str | None) -> bool:
     target = ipaddress.IPv4Address(broadcast)
     for addresses in psutil.net_if_addrs().values():
         for address in addresses:
-            if address.family.name != "AF_INET" or not address.netmask:
+            if address.family != socket.AF_INET or not address.netmask:
                 continue
             network = ipaddress.IPv4Network(f"{address.address}/{address.netmask}", strict=False)
             if target in network and not network.is_loopback:

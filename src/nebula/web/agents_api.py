@@ -8,6 +8,7 @@ from typing import Annotated, Final
 
 from fastapi import APIRouter, Body, Request
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -16,7 +17,7 @@ from nebula.fleet.schemas import EnrollReply, EnrollRequest, HeartbeatBody, Hear
 from nebula.kernel.audit import Actor, record_alone
 from nebula.kernel.errors import InvalidInput, NebulaError, Unauthenticated, validation_problems
 from nebula.web.deps import RuntimeDep, bearer_token, client_ip, get_runtime
-from nebula.web.errors import nebula_error_response
+from nebula.web.errors import nebula_error_response, unexpected_error_response
 
 router = APIRouter(tags=["agents"])
 MAX_HEARTBEAT_BYTES: Final = 256 * 1024
@@ -48,8 +49,12 @@ class HeartbeatEndpoint:
         request = Request(scope, receive)
         try:
             response = await self._answer(request)
+        except ClientDisconnect:
+            return  # the agent hung up; it sends again at its next interval
         except NebulaError as err:
             response = await nebula_error_response(request, err)
+        except Exception as err:  # logged with its traceback; the agent gets our usual 500
+            response = await unexpected_error_response(request, err)
         await response(scope, receive, send)
 
     async def _answer(self, request: Request) -> Response:

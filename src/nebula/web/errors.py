@@ -99,7 +99,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
+async def unexpected_error_response(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _error_response(
         request, 500, "internal", "Something went wrong on our side. It has been logged."
@@ -110,4 +110,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NebulaError, _nebula_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(Exception, unexpected_error_response)

@@ -22,7 +22,7 @@ from nebula.fleet.schemas import (
     NodeList,
 )
 from nebula.kernel.auth import Principal
-from nebula.kernel.errors import Conflict, NebulaError
+from nebula.kernel.errors import Conflict, NebulaError, NotFound
 from nebula.kernel.jobs import JobInfo
 from nebula.kernel.rbac import Permission
 from nebula.web.deps import RuntimeDep, actor_for, require
@@ -174,7 +174,11 @@ async def node_live(
                     sample = await runtime.control.live_metrics(name)
                 yield sse("sample", sample)
             except (NebulaError, TimeoutError) as err:
-                node = await runtime.fleet.get(name)
+                try:
+                    node = await runtime.fleet.get(name)
+                except NotFound:
+                    yield sse("gone", {"reason": f"Node {name} was removed."})
+                    return
                 reason = getattr(err, "message", "") or "the node did not answer in time"
                 yield sse("unreachable", {"reason": reason, "last": node.metrics})
             sent += 1

@@ -63,6 +63,7 @@ async def list_jobs(
 @router.post("", status_code=201)
 async def enqueue(spec: JobSpec, request: Request, queue: Queue, principal: JobsWriter) -> JobInfo:
     """Enqueue a job; the payload is checked against its kind before anything is stored."""
+    queue.registry.check_public(spec.kind)
     return await queue.enqueue(actor_for(principal, request), spec)
 
 

@@ -97,6 +97,7 @@ async def enqueue(
     form = EnqueueForm(kind, payload)
     try:
         spec = JobSpec(kind=kind, payload=_payload(payload))
+        runtime.jobs.registry.check_public(spec.kind)
         job = await runtime.jobs.enqueue(actor_for(principal, request), spec)
     except ValidationError as err:
         return await _listing(

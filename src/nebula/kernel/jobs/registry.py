@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nebula.kernel.errors import InvalidInput
+from nebula.kernel.errors import InvalidInput, PermissionDenied
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -44,6 +44,9 @@ class JobKind(Generic[P]):
     payload_model: type[P]
     handler: Handler[P]
     description: str = ""
+    # Public kinds may be enqueued by anyone allowed to enqueue jobs; the others only by
+    # the feature that owns them, after its own permission check (e.g. fleet.wake).
+    public: bool = True
 
 
 class JobRegistry:
@@ -53,11 +56,24 @@ class JobRegistry:
         self._kinds: dict[str, JobKind[Any]] = {}
 
     def register(
-        self, name: str, payload_model: type[P], handler: Handler[P], description: str = ""
+        self,
+        name: str,
+        payload_model: type[P],
+        handler: Handler[P],
+        description: str = "",
+        *,
+        public: bool = True,
     ) -> None:
         if name in self._kinds:
             raise ValueError(f"job kind {name!r} registered twice")
-        self._kinds[name] = JobKind(name, payload_model, handler, description)
+        self._kinds[name] = JobKind(name, payload_model, handler, description, public)
+
+    def check_public(self, name: str) -> None:
+        """Refuse a kind that only its own feature may enqueue."""
+        if not self.get(name).public:
+            raise PermissionDenied(
+                f"Jobs of kind {name} are started by their own feature, not enqueued directly."
+            )
 
     def get(self, name: str) -> JobKind[Any]:
         kind = self._kinds.get(name)

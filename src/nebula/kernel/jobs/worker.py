@@ -243,7 +243,7 @@ def _check_result(result: Any) -> None:
         raise TypeError(
             f"a handler returns a dict, a pydantic model or None, not {type(result).__name__}"
         )
-    json.dumps(result)
+    json.dumps(result, allow_nan=False)  # PostgreSQL's json refuses NaN and Infinity
 
 
 async def _retrying(action: Any, attempts: int = 8) -> Any:
