@@ -7,6 +7,7 @@ tests are skipped, except under CI=true, where a missing browser is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -195,13 +196,13 @@ def stop(server: Server) -> None:
         )
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    """`nebula serve` on a free port with an empty data folder."""
+@contextlib.contextmanager
+def serving(tmp_path: Path, **extra_env: str) -> Iterator[Server]:
+    """`nebula serve` on a free port with an empty data folder (and `extra_env`)."""
     root = tmp_path / "server"
     root.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEBULA_")}
-    env.update(NEBULA_DATA_DIR=str(root / "data"), NEBULA_ENV="local")
+    env.update(NEBULA_DATA_DIR=str(root / "data"), NEBULA_ENV="local", **extra_env)
     port = free_port()
     log_path = root / "server.log"
     with log_path.open("wb") as log:
@@ -219,6 +220,12 @@ def server(tmp_path: Path) -> Iterator[Server]:
         yield running
     finally:
         stop(running)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with serving(tmp_path) as running:
+        yield running
 
 
 def create_first_admin(server: Server) -> None:

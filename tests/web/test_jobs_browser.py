@@ -7,9 +7,7 @@ watch its progress move without a reload, cancel it and retry it with the button
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -23,12 +21,9 @@ from tests.web.test_browser import (
     browser,
     click_for_post,
     create_first_admin,
-    free_port,
-    nebula_command,
     open_tab,
+    serving,
     sign_in,
-    stop,
-    wait_until_healthy,
 )
 
 __all__ = ["browser"]  # the module's Chromium, launched by the fixture of test_browser.py
@@ -56,28 +51,9 @@ READ_PROGRESS_JS: Final = """
 @pytest.fixture
 def jobs_server(tmp_path: Path) -> Iterator[Server]:
     """`nebula serve` with short job leases and a first admin."""
-    root = tmp_path / "server"
-    root.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEBULA_")}
-    env.update(NEBULA_DATA_DIR=str(root / "data"), NEBULA_ENV="local", NEBULA_JOB_LEASE_S=LEASE_S)
-    port = free_port()
-    log_path = root / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*nebula_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    running = Server(f"http://127.0.0.1:{port}", root, process, log_path)
-    try:
-        wait_until_healthy(running)
+    with serving(tmp_path, NEBULA_JOB_LEASE_S=LEASE_S) as running:
         create_first_admin(running)
         yield running
-    finally:
-        stop(running)
 
 
 @pytest.fixture
