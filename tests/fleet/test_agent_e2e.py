@@ -127,6 +127,9 @@ def test_enrolled_agent_comes_online_and_acts_only_by_allow_list(fleet: Fleet) -
         assert httpx.get(f"{fleet.agent_url}/api/health").status_code == 401
         assert httpx.get(f"{fleet.agent_url}/healthz").status_code == 200
 
+        listed = api.get("/api/v1/nodes/n1/actions").json()["actions"]
+        assert [a["name"] for a in listed] == ["record"]
+        assert listed[0]["params"]["word"]["type"] == "string"
         ran = api.post("/api/v1/nodes/n1/exec", json={"action": "record", "params": {"word": "hi"}})
         assert ran.status_code == 200, ran.text
         assert ran.json()["exit_code"] == 0

@@ -123,5 +123,7 @@ async def test_container_actions_over_the_api(
         await client.post("/api/v1/nodes/nas/containers/x;y/restart", headers=operator.headers)
     ).json()
     assert "error" in bad
+    actions = await client.get("/api/v1/nodes/nas/actions", headers=viewer.headers)
+    assert [a["name"] for a in actions.json()["actions"]] == ["say"]
     logs = await client.get(f"/api/v1/nodes/nas/containers/{name}/logs", headers=viewer.headers)
     assert logs.status_code == 200, logs.text

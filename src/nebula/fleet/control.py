@@ -181,6 +181,17 @@ class FleetControl:
         )
         return result
 
+    async def actions(self, name: str) -> list[dict[str, Any]]:
+        """The node's allow-listed actions with their parameter specs."""
+        node = await self.fleet.get(name)
+        if node.kind == "agent":
+            reply = as_object(name, await self.agents.call(node, "GET", "/api/actions"))
+            items = reply.get("actions")
+            if not isinstance(items, list):
+                raise AgentRefused(f"Node {name}: the agent sent no action list.", status=502)
+            return [a for a in items if isinstance(a, dict) and isinstance(a.get("name"), str)]
+        return [ssh_action(node, a).describe() for a in sorted(node.declared.get("actions", {}))]
+
     async def service_action(self, actor: Actor, name: str, service: str, verb: str) -> Any:
         if verb not in SERVICE_VERBS:
             raise InvalidInput(f"Use one of {', '.join(SERVICE_VERBS)}, not {verb!r}.")

@@ -42,6 +42,19 @@ class Peer:
     reachable: bool | None = None  # None: not probed
 
 
+async def tcp_answers(host: str, port: int, timeout_s: float) -> bool:
+    """Does anything accept a TCP connection there within `timeout_s`?"""
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 def host_of(node: NodeInfo) -> str | None:
     if node.address:
         return node.address
@@ -149,16 +162,7 @@ class Discovery:
         if known is not None and now - known[0] < REACHABILITY_TTL_S:
             return known[1]
         parts = urlsplit(url)
-        host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                _, writer = await asyncio.open_connection(host, port)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            ok = True
-        except (OSError, TimeoutError):
-            ok = False
+        ok = await tcp_answers(parts.hostname or "", port, CONNECT_TIMEOUT_S)
         self._reachable[url] = (self.clock(), ok)
         return ok

@@ -10,7 +10,6 @@ connection to its agent or SSH port.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import socket
 import time
@@ -22,6 +21,7 @@ import psutil
 
 from nebula.agent.wol import magic_packet
 from nebula.fleet.agent_client import AgentClient
+from nebula.fleet.discovery import AGENT_PORT, tcp_answers
 from nebula.fleet.schemas import NodeInfo
 from nebula.fleet.service import FleetService
 from nebula.kernel import audit
@@ -29,7 +29,7 @@ from nebula.kernel.audit import Actor
 from nebula.kernel.db import utcnow
 from nebula.kernel.errors import Conflict
 
-AGENT_PORT: Final = 9765
+PROBE_TIMEOUT_S: Final = 1.5
 POLL_S: Final = 2.0
 DEFAULT_TIMEOUT_S: Final = 180.0
 Progress = Callable[[int, str], Awaitable[None]]
@@ -84,19 +84,22 @@ def pick_relay(node: NodeInfo, nodes: list[NodeInfo]) -> NodeInfo | None:
 
 
 async def answers(node: NodeInfo) -> bool:
+    """The node accepts a connection on its agent's port or its SSH port."""
     if not node.address:
         return False
     for port in (AGENT_PORT, node.ssh_port):
-        try:
-            async with asyncio.timeout(1.5):
-                _, writer = await asyncio.open_connection(node.address, port)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        if await tcp_answers(node.address, port, PROBE_TIMEOUT_S):
             return True
-        except (OSError, TimeoutError):
-            continue
     return False
+
+
+def require_mac(node: NodeInfo) -> str:
+    if not node.mac:
+        raise Conflict(
+            f"Node {node.name} has no MAC address for wake-on-LAN.",
+            hint="Add `wake: {mac: ..., broadcast: ...}` to the service map and import it.",
+        )
+    return node.mac
 
 
 async def wake(
@@ -112,17 +115,13 @@ async def wake(
     """Wake `name` and wait until it answers or `timeout_s` passes."""
     report = progress or _quiet
     node = await fleet.get(name)
-    if not node.mac:
-        raise Conflict(
-            f"Node {name} has no MAC address for wake-on-LAN.",
-            hint="Add `wake: {mac: ..., broadcast: ...}` to the service map and import it.",
-        )
+    mac = require_mac(node)
     if node.status == "online":
         return WakeResult(name, "", True, 0.0)
     started, begun_at = time.monotonic(), utcnow()
     local = on_local_lan(node.broadcast) if direct is None else direct
     if local:
-        await send_direct(node.mac, node.broadcast or "255.255.255.255", node.wol_port)
+        await send_direct(mac, node.broadcast or "255.255.255.255", node.wol_port)
         via = "direct"
     else:
         relay = pick_relay(node, await fleet.list_nodes())
@@ -132,7 +131,7 @@ async def wake(
                 "agent has the wol-relay capability.",
                 hint="Add `wol-relay` to the capabilities of an agent on that LAN.",
             )
-        body = {"mac": node.mac, "broadcast": node.broadcast, "port": node.wol_port}
+        body = {"mac": mac, "broadcast": node.broadcast, "port": node.wol_port}
         await agents.call(relay, "POST", "/api/wol", json=body)
         via = relay.name
     await audit.record_alone(fleet.db, actor, "node.wake", f"node:{name}", "ok", via=via)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Final
@@ -16,6 +15,7 @@ from nebula.kernel import audit
 from nebula.kernel.auth import Principal
 from nebula.kernel.errors import DatabaseUnavailable
 from nebula.kernel.rbac import Permission
+from nebula.web import sse
 from nebula.web.deps import CurrentPrincipal, RuntimeDep, actor_for, require
 from nebula.web.runtime import Runtime
 from nebula.web.schemas import (
@@ -90,13 +90,12 @@ async def system_stream(
             if await request.is_disconnected():
                 return
             status = await system_status(runtime)
-            yield f"event: system\ndata: {json.dumps(status.model_dump(mode='json'))}\n\n"
+            yield sse.frame("system", status)
             sent += 1
             if limit is None or sent < limit:
                 await asyncio.sleep(STREAM_INTERVAL_S)
 
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return sse.stream(events())
 
 
 @router.get("/users")

@@ -12,6 +12,7 @@ from nebula.kernel.auth import Principal
 from nebula.kernel.errors import InvalidInput
 from nebula.kernel.events import Event, EventBus, is_event_id, parse_topics
 from nebula.kernel.rbac import Permission
+from nebula.web import sse
 from nebula.web.deps import RuntimeDep, require
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
@@ -26,7 +27,7 @@ SystemReader = Annotated[Principal, Depends(require(Permission.SYSTEM_READ))]
 
 
 def sse_frame(event: Event[Any]) -> str:
-    return f"id: {event.id}\nevent: {event.topic}\ndata: {event.model_dump_json()}\n\n"
+    return sse.frame(event.topic, event, event_id=event.id)
 
 
 async def event_frames(
@@ -85,5 +86,4 @@ async def event_stream(
     frames = event_frames(
         request, runtime.events, patterns, (last_event_id or "").strip() or None, limit
     )
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+    return sse.stream(frames)

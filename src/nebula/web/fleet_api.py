@@ -4,7 +4,6 @@ agents_api.py)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Annotated, Any, Final
@@ -21,10 +20,12 @@ from nebula.fleet.schemas import (
     NodeInfo,
     NodeList,
 )
+from nebula.fleet.wake import require_mac
 from nebula.kernel.auth import Principal
-from nebula.kernel.errors import Conflict, NebulaError, NotFound
+from nebula.kernel.errors import NebulaError, NotFound
 from nebula.kernel.jobs import JobInfo
 from nebula.kernel.rbac import Permission
+from nebula.web import sse
 from nebula.web.deps import RuntimeDep, actor_for, require
 
 router = APIRouter(tags=["fleet"])
@@ -92,6 +93,12 @@ class SshKeyRequest(BaseModel):
     passphrase: str | None = Field(default=None, max_length=1024)
 
 
+@router.get("/api/v1/nodes/{name}/actions")
+async def list_actions(name: str, runtime: RuntimeDep, _: FleetReader) -> dict[str, Any]:
+    """The node's allow-listed actions and their typed parameters."""
+    return {"node": name, "actions": await runtime.control.actions(name)}
+
+
 @router.post("/api/v1/nodes/{name}/exec")
 async def exec_action(
     name: str, body: ExecRequest, request: Request, runtime: RuntimeDep, principal: FleetWriter
@@ -120,9 +127,7 @@ async def wake_node(
     name: str, request: Request, runtime: RuntimeDep, principal: FleetWriter
 ) -> JobInfo:
     """Wake a node (directly or through a relay agent); follow the job for progress."""
-    node = await runtime.fleet.get(name)
-    if not node.mac:
-        raise Conflict(f"Node {name} has no MAC address for wake-on-LAN.")
+    require_mac(await runtime.fleet.get(name))  # refused now, not in a job that fails later
     actor = actor_for(principal, request)
     return await runtime.jobs.enqueue(actor, wake_job(name, actor.name))
 
@@ -145,13 +150,6 @@ async def node_metrics(
     return await series(runtime.db, name, window)
 
 
-def sse(event: str, data: Any) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
-
-
-SSE_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-
-
 @router.get("/api/v1/nodes/{name}/live", response_class=StreamingResponse)
 async def node_live(
     name: str,
@@ -172,20 +170,20 @@ async def node_live(
             try:
                 async with asyncio.timeout(LIVE_READ_TIMEOUT_S):
                     sample = await runtime.control.live_metrics(name)
-                yield sse("sample", sample)
+                yield sse.frame("sample", sample)
             except (NebulaError, TimeoutError) as err:
                 try:
                     node = await runtime.fleet.get(name)
                 except NotFound:
-                    yield sse("gone", {"reason": f"Node {name} was removed."})
+                    yield sse.frame("gone", {"reason": f"Node {name} was removed."})
                     return
                 reason = getattr(err, "message", "") or "the node did not answer in time"
-                yield sse("unreachable", {"reason": reason, "last": node.metrics})
+                yield sse.frame("unreachable", {"reason": reason, "last": node.metrics})
             sent += 1
             if limit is None or sent < limit:
                 await asyncio.sleep(LIVE_EVERY_S)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse.stream(events())
 
 
 @router.get("/api/v1/fleet/stream", response_class=StreamingResponse)
@@ -203,7 +201,7 @@ async def fleet_stream(
         async with runtime.events.subscribe("node.*") as changes:
             while limit is None or sent < limit:
                 nodes = await runtime.fleet.list_nodes()
-                yield sse("nodes", [n.model_dump(mode="json") for n in nodes])
+                yield sse.frame("nodes", [n.model_dump(mode="json") for n in nodes])
                 sent += 1
                 if limit is not None and sent >= limit:
                     return
@@ -214,7 +212,7 @@ async def fleet_stream(
                 if await request.is_disconnected():
                     return
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse.stream(events())
 
 
 # containers ---------------------------------------------------------------------------
@@ -282,7 +280,7 @@ async def follow_container_logs(
         seen = list(first)
         sent = 0
         for line in first:
-            yield sse("line", line)
+            yield sse.frame("line", line)
         while limit is None or sent < limit:
             await asyncio.sleep(LOG_POLL_S)
             if await request.is_disconnected():
@@ -290,14 +288,14 @@ async def follow_container_logs(
             try:
                 latest = await runtime.control.container_logs(name, ref, LOG_WINDOW)
             except NebulaError as err:
-                yield sse("error", {"message": err.message})
+                yield sse.frame("error", {"message": err.message})
                 return
             for line in new_lines(seen, latest):
-                yield sse("line", line)
+                yield sse.frame("line", line)
             seen = latest
             sent += 1
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return sse.stream(events())
 
 
 def new_lines(before: list[str], after: list[str]) -> list[str]:

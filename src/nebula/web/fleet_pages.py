@@ -18,7 +18,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.datastructures import FormData
 
-from nebula.fleet.control import FLEET_CALL_TIMEOUT_S, ssh_action
+from nebula.fleet.control import FLEET_CALL_TIMEOUT_S
 from nebula.fleet.jobs import wake_job
 from nebula.fleet.metrics import WINDOWS
 from nebula.fleet.schemas import NodeInfo
@@ -121,24 +121,13 @@ async def node_containers(
 
 async def list_actions(runtime: Runtime, node: NodeInfo) -> tuple[list[dict[str, Any]], str | None]:
     """The node's allow-listed actions with their parameters, or why they are unknown."""
-    if node.kind == "agent":
-        try:
-            async with asyncio.timeout(FLEET_CALL_TIMEOUT_S):
-                reply = await runtime.control.agents.call(node, "GET", "/api/actions")
-        except NebulaError as err:
-            return [], readable(err)
-        except TimeoutError:
-            return [], f"Node {node.name} did not answer in time."
-        items = reply.get("actions") if isinstance(reply, dict) else None
-        valid = [a for a in items or [] if isinstance(a, dict) and isinstance(a.get("name"), str)]
-        return valid, None
-    found, problems = [], []
-    for action in sorted(node.declared.get("actions") or {}):
-        try:
-            found.append(ssh_action(node, action).describe())
-        except NebulaError as err:
-            problems.append(err.message)
-    return found, "; ".join(problems) or None
+    try:
+        async with asyncio.timeout(FLEET_CALL_TIMEOUT_S):
+            return await runtime.control.actions(node.name), None
+    except NebulaError as err:
+        return [], readable(err)
+    except TimeoutError:
+        return [], f"Node {node.name} did not answer in time."
 
 
 @router.get("/nodes/{name}/actions", response_class=HTMLResponse)

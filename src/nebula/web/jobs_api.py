@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Final
@@ -16,6 +15,7 @@ from nebula.kernel.events import EventBus, JobProgress
 from nebula.kernel.jobs import JobEventInfo, JobInfo, JobQueue, JobSpec
 from nebula.kernel.jobs.const import FINISHED
 from nebula.kernel.rbac import Permission
+from nebula.web import sse
 from nebula.web.deps import RuntimeDep, actor_for, require
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -92,12 +92,11 @@ async def job_stream(
     queue = runtime.jobs
     await queue.get(job_id)  # 404 before the stream starts
     frames = job_frames(request, queue, runtime.events, job_id, limit)
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+    return sse.stream(frames)
 
 
 def job_frame(job: JobInfo) -> str:
-    return f"event: job\ndata: {json.dumps(job.model_dump(mode='json'))}\n\n"
+    return sse.frame("job", job)
 
 
 async def job_frames(
@@ -112,7 +111,7 @@ async def job_frames(
                 job = await queue.get(job_id)
                 for entry in await queue.events(job_id, after_id=last_log):
                     last_log = entry.id
-                    yield f"id: {entry.id}\nevent: log\ndata: {entry.model_dump_json()}\n\n"
+                    yield sse.frame("log", entry, event_id=entry.id)
                 yield job_frame(job)
                 sent += 1
                 if job.status in FINISHED:
