@@ -118,13 +118,13 @@ def node_info(row: Node) -> NodeInfo:
     )
 
 
-def parse_node_spec(**fields: object) -> NodeCreate:
-    """A `NodeCreate` from loose input, with one readable error for all problems."""
+def parse_node_spec(*, where: str = "Invalid node", **fields: object) -> NodeCreate:
+    """A `NodeCreate` from loose input, with one readable error (after `where`) for all
+    problems."""
     try:
         return NodeCreate.model_validate(fields)
     except ValidationError as err:
-        problems = validation_problems(err)
-        raise InvalidInput(f"Invalid node: {problems}") from None
+        raise InvalidInput(f"{where}: {validation_problems(err)}") from None
 
 
 class FleetService:

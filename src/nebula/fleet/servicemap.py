@@ -33,7 +33,7 @@ from nebula.agent.confread import Table
 from nebula.agent.errors import AgentError
 from nebula.fleet.models import Node
 from nebula.fleet.schemas import CAPABILITY_RE, NodeCreate, NodeInfo
-from nebula.fleet.service import ENROLL_TTL, FleetService
+from nebula.fleet.service import ENROLL_TTL, FleetService, parse_node_spec
 from nebula.kernel import audit
 from nebula.kernel.audit import Actor
 from nebula.kernel.errors import Conflict, InvalidInput, validation_problems
@@ -131,21 +131,18 @@ def parse(text: str) -> ServiceMap:
 
 
 def _node_create(name: str, spec: NodeSpec) -> NodeCreate:
-    try:
-        return NodeCreate(
-            name=name,
-            kind=spec.kind,
-            environment=spec.environment,
-            address=spec.address,
-            mac=spec.wake.mac if spec.wake else None,
-            broadcast=spec.wake.broadcast if spec.wake else None,
-            wol_port=spec.wake.port if spec.wake else 9,
-            ssh_user=spec.ssh.user if spec.ssh else None,
-            ssh_port=spec.ssh.port if spec.ssh else 22,
-        )
-    except ValidationError as err:
-        problems = validation_problems(err)
-        raise InvalidInput(f"Node {name!r} in the service map: {problems}") from None
+    return parse_node_spec(
+        where=f"Node {name!r} in the service map",
+        name=name,
+        kind=spec.kind,
+        environment=spec.environment,
+        address=spec.address,
+        mac=spec.wake.mac if spec.wake else None,
+        broadcast=spec.wake.broadcast if spec.wake else None,
+        wol_port=spec.wake.port if spec.wake else 9,
+        ssh_user=spec.ssh.user if spec.ssh else None,
+        ssh_port=spec.ssh.port if spec.ssh else 22,
+    )
 
 
 def _declared(spec: NodeSpec) -> dict[str, Any]:
